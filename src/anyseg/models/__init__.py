@@ -1,0 +1,1 @@
+"""Model architectures: pure tensor math, built from config dataclasses."""
