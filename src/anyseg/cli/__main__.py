@@ -1,0 +1,5 @@
+import sys
+
+from anyseg.cli import main
+
+sys.exit(main())
