@@ -1,3 +1,31 @@
-"""anyseg: segment anything in images and videos."""
+"""anyseg: segment anything in images and videos.
+
+>>> import anyseg
+>>> model = anyseg.load_model("sam2.1-tiny")
+>>> pred = anyseg.ImagePredictor(model)
+>>> pred.set_image(rgb)
+>>> out = pred.predict(points=[[x, y]], labels=[1])
+"""
+
+from anyseg.errors import (
+    AnysegError,
+    CheckpointError,
+    InvalidInputError,
+    MediaError,
+    UnknownModelError,
+    WeightsUnavailableError,
+)
+from anyseg.predictors.image import ImagePredictor, Prediction
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "AnysegError",
+    "CheckpointError",
+    "ImagePredictor",
+    "InvalidInputError",
+    "MediaError",
+    "Prediction",
+    "UnknownModelError",
+    "WeightsUnavailableError",
+]

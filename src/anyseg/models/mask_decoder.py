@@ -1,0 +1,171 @@
+"""SAM's mask decoder: output tokens + prompt tokens attend to the image embedding,
+then hypernetwork MLPs turn the mask tokens into mask logits at 4x resolution."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from anyseg.models.common import MLP, LayerNorm2d
+from anyseg.models.two_way_transformer import TwoWayTransformer
+
+
+@dataclass(frozen=True)
+class MaskDecoderConfig:
+    dim: int = 256
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    use_high_res_features: bool = False  # SAM 2: skip connections from the stride-4/8 maps
+    iou_prediction_use_sigmoid: bool = False
+    pred_obj_scores: bool = False  # SAM 2: an object-presence token and head
+    pred_obj_scores_mlp: bool = False
+    use_multimask_token_for_obj_ptr: bool = False
+    # SAM 2: when one mask is asked for and the single-mask output is unstable,
+    # answer with the best of the multimask outputs instead.
+    dynamic_multimask_via_stability: bool = False
+    dynamic_multimask_stability_delta: float = 0.05
+    dynamic_multimask_stability_thresh: float = 0.98
+
+
+@dataclass
+class DecoderOutput:
+    """``masks`` ``(B, K, 4h, 4w)`` logits, ``iou`` ``(B, K)``, ``tokens`` ``(B, K', C)``
+    (the mask tokens the object pointer is made from), ``object_score`` ``(B, 1)`` logits."""
+
+    masks: torch.Tensor
+    iou: torch.Tensor
+    tokens: torch.Tensor
+    object_score: torch.Tensor
+
+
+def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
+    """IoU between the masks binarised at ``threshold + offset`` and ``threshold - offset``:
+    ``(..., H, W)`` -> ``(...)``; 1 where both are empty."""
+    inter = (logits > threshold + offset).sum(dim=(-1, -2), dtype=torch.int32).float()
+    union = (logits > threshold - offset).sum(dim=(-1, -2), dtype=torch.int32).float()
+    return torch.where(union > 0, inter / union, torch.ones_like(inter))
+
+
+class MaskDecoder(nn.Module):
+    def __init__(self, cfg: MaskDecoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.dim
+        self.transformer = TwoWayTransformer(depth=2, dim=dim, num_heads=8, mlp_dim=2048)
+        self.num_mask_tokens = cfg.num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)
+        if cfg.pred_obj_scores:
+            self.obj_score_token = nn.Embedding(1, dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        if cfg.use_high_res_features:
+            self.conv_s0 = nn.Conv2d(dim, dim // 8, kernel_size=1)
+            self.conv_s1 = nn.Conv2d(dim, dim // 4, kernel_size=1)
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(
+            dim,
+            cfg.iou_head_hidden_dim,
+            self.num_mask_tokens,
+            cfg.iou_head_depth,
+            sigmoid_output=cfg.iou_prediction_use_sigmoid,
+        )
+        if cfg.pred_obj_scores:
+            self.pred_obj_score_head = MLP(dim, dim, 1, 3) if cfg.pred_obj_scores_mlp else nn.Linear(dim, 1)
+
+    def predict_all(
+        self,
+        image_embed: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        high_res_features: list[torch.Tensor] | None = None,
+    ) -> DecoderOutput:
+        """Every mask token's output, before the multimask choice.
+
+        ``image_embed`` ``(1 or B, C, h, w)`` (broadcast to the B prompts), ``image_pe``
+        ``(1, C, h, w)``, ``sparse`` ``(B, N, C)``, ``dense`` ``(B, C, h, w)``,
+        ``high_res_features`` ``[(1 or B, C/8, 4h, 4w), (1 or B, C/4, 2h, 2w)]``.
+        """
+        b = sparse.shape[0]
+        heads = [self.iou_token.weight, self.mask_tokens.weight]
+        if self.cfg.pred_obj_scores:
+            heads.insert(0, self.obj_score_token.weight)
+        first = 1 if self.cfg.pred_obj_scores else 0
+        tokens = torch.cat(heads, dim=0).unsqueeze(0).expand(b, -1, -1)
+        tokens = torch.cat((tokens, sparse), dim=1)
+
+        if image_embed.shape[0] != b:
+            image_embed = image_embed.expand(b, -1, -1, -1)
+        src = image_embed + dense
+        pos = image_pe.expand(b, -1, -1, -1)
+        _, c, h, w = src.shape
+
+        hs, src = self.transformer(src, pos, tokens)
+        iou_token_out = hs[:, first, :]
+        mask_tokens_out = hs[:, first + 1 : first + 1 + self.num_mask_tokens, :]
+
+        src = src.transpose(1, 2).reshape(b, c, h, w)
+        if self.cfg.use_high_res_features:
+            dc1, ln1, act1, dc2, act2 = self.output_upscaling
+            feat_s0, feat_s1 = high_res_features
+            up = act1(ln1(dc1(src) + feat_s1))
+            up = act2(dc2(up) + feat_s0)
+        else:
+            up = self.output_upscaling(src)
+
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        _, c, h, w = up.shape
+        masks = (hyper_in @ up.reshape(b, c, h * w)).reshape(b, -1, h, w)
+
+        iou = self.iou_prediction_head(iou_token_out)
+        if self.cfg.pred_obj_scores:
+            object_score = self.pred_obj_score_head(hs[:, 0, :])
+        else:
+            object_score = 10.0 * iou.new_ones(iou.shape[0], 1)
+        return DecoderOutput(masks, iou, mask_tokens_out, object_score)
+
+    def select(self, out: DecoderOutput, multimask: bool) -> DecoderOutput:
+        """Keep the three multimask outputs, or one mask (token 0, or the dynamic choice)."""
+        if multimask:
+            masks, iou = out.masks[:, 1:], out.iou[:, 1:]
+        elif self.cfg.dynamic_multimask_via_stability and not self.training:
+            masks, iou = self._dynamic_single_mask(out.masks, out.iou)
+        else:
+            masks, iou = out.masks[:, 0:1], out.iou[:, 0:1]
+        if multimask and self.cfg.use_multimask_token_for_obj_ptr:
+            tokens = out.tokens[:, 1:]
+        else:
+            tokens = out.tokens[:, 0:1]
+        return DecoderOutput(masks, iou, tokens, out.object_score)
+
+    def forward(self, image_embed, image_pe, sparse, dense, multimask: bool, high_res_features=None) -> DecoderOutput:
+        """:meth:`predict_all` then :meth:`select`."""
+        return self.select(self.predict_all(image_embed, image_pe, sparse, dense, high_res_features), multimask)
+
+    def _dynamic_single_mask(self, masks: torch.Tensor, iou: torch.Tensor):
+        cfg = self.cfg
+        multi_iou = iou[:, 1:]
+        best = torch.argmax(multi_iou, dim=-1)
+        rows = torch.arange(masks.shape[0], device=masks.device)
+        best_masks = masks[:, 1:][rows, best].unsqueeze(1)
+        best_iou = multi_iou[rows, best].unsqueeze(1)
+        single_masks, single_iou = masks[:, 0:1], iou[:, 0:1]
+        stable = stability_score(single_masks, 0.0, cfg.dynamic_multimask_stability_delta)
+        stable = stable >= cfg.dynamic_multimask_stability_thresh  # (B, 1)
+        return (
+            torch.where(stable[..., None, None], single_masks, best_masks),
+            torch.where(stable, single_iou, best_iou),
+        )

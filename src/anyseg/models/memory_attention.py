@@ -1,0 +1,88 @@
+"""SAM 2's memory attention: the current frame's features self-attend, then
+cross-attend to the memory bank (spatial memories and object pointers), with 2-D
+axial rotary encodings on the spatial tokens."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anyseg.models.common import Attention
+from anyseg.models.position import apply_rope, axial_rope
+
+
+class RoPEAttention(Attention):
+    """:class:`Attention` with axial RoPE on queries and on the first keys.
+
+    The last ``num_k_exclude_rope`` keys (object pointers) are not rotated. When there
+    are more keys than queries, the rotations repeat per stacked memory frame.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 1, kv_in_dim: int | None = None, theta: float = 10000.0):
+        super().__init__(dim, num_heads, downsample_rate=1, kv_in_dim=kv_in_dim)
+        self.theta = theta
+        self._freqs: dict[tuple, torch.Tensor] = {}
+
+    def freqs(self, n: int, device) -> torch.Tensor:
+        side = int(round(n**0.5))
+        key = (side, str(device))
+        if key not in self._freqs:
+            self._freqs[key] = axial_rope(self.internal_dim // self.num_heads, side, side, self.theta).to(device)
+        return self._freqs[key]
+
+    def forward(self, q, k, v, num_k_exclude_rope: int = 0) -> torch.Tensor:
+        q, k, v = self.project(q, k, v)
+        freqs = self.freqs(q.shape[-2], q.device)
+        q = apply_rope(q, freqs)
+        n_rope = k.shape[-2] - num_k_exclude_rope
+        if n_rope > 0:
+            k = torch.cat([apply_rope(k[:, :, :n_rope], freqs), k[:, :, n_rope:]], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(self.merge_heads(out))
+
+
+class MemoryAttentionLayer(nn.Module):
+    """Pre-norm: RoPE self-attention, RoPE cross-attention to memory (keys get the
+    memory position encoding), then a ReLU feed-forward."""
+
+    def __init__(self, dim: int = 256, kv_dim: int = 64, ffn_dim: int = 2048):
+        super().__init__()
+        self.self_attn = RoPEAttention(dim)
+        self.cross_attn_image = RoPEAttention(dim, kv_in_dim=kv_dim)
+        self.linear1 = nn.Linear(dim, ffn_dim)
+        self.linear2 = nn.Linear(ffn_dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x, memory, memory_pos, num_obj_ptr_tokens: int = 0):
+        y = self.norm1(x)
+        x = x + self.self_attn(y, y, y)
+        y = self.norm2(x)
+        x = x + self.cross_attn_image(y, memory + memory_pos, memory, num_k_exclude_rope=num_obj_ptr_tokens)
+        y = self.norm3(x)
+        return x + self.linear2(F.relu(self.linear1(y)))
+
+
+class MemoryAttention(nn.Module):
+    def __init__(self, dim: int = 256, kv_dim: int = 64, num_layers: int = 4):
+        super().__init__()
+        self.layers = nn.ModuleList(MemoryAttentionLayer(dim, kv_dim) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        x_pos: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        num_obj_ptr_tokens: int = 0,
+    ) -> torch.Tensor:
+        """``x``, ``x_pos``: ``(B, HW, dim)`` current-frame tokens; ``memory``,
+        ``memory_pos``: ``(B, M, kv_dim)``, the last ``num_obj_ptr_tokens`` being object
+        pointers. Returns ``(B, HW, dim)``."""
+        x = x + 0.1 * x_pos
+        for layer in self.layers:
+            x = layer(x, memory, memory_pos, num_obj_ptr_tokens)
+        return self.norm(x)

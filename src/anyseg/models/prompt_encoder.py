@@ -1,0 +1,102 @@
+"""Prompt encoder shared by SAM and SAM 2: points, box corners and mask inputs to
+sparse and dense embeddings for the mask decoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from anyseg.models.common import LayerNorm2d
+from anyseg.models.position import PositionEmbeddingRandom
+
+# Point labels understood by the prompt encoder.
+LABEL_PAD, LABEL_NEG, LABEL_POS, LABEL_BOX_TL, LABEL_BOX_BR = -1, 0, 1, 2, 3
+
+
+class PromptEncoder(nn.Module):
+    """Encodes prompts in the coordinates of the ``input_size`` model input.
+
+    Box prompts are two points with labels 2 (top-left) and 3 (bottom-right): the
+    embedding is the same as SAM's separate box path. Label -1 marks padding.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 256,
+        embedding_size: tuple[int, int] = (64, 64),
+        input_size: tuple[int, int] = (1024, 1024),
+        mask_in_chans: int = 16,
+    ) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.embedding_size = embedding_size
+        self.input_size = input_size
+        self.pe_layer = PositionEmbeddingRandom(embed_dim // 2)
+        self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(4))
+        self.not_a_point_embed = nn.Embedding(1, embed_dim)
+        self.mask_input_size = (4 * embedding_size[0], 4 * embedding_size[1])
+        self.mask_downscaling = nn.Sequential(
+            nn.Conv2d(1, mask_in_chans // 4, kernel_size=2, stride=2),
+            LayerNorm2d(mask_in_chans // 4),
+            nn.GELU(),
+            nn.Conv2d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
+            LayerNorm2d(mask_in_chans),
+            nn.GELU(),
+            nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
+        )
+        self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self._dense_pe: torch.Tensor | None = None
+
+    def dense_pe(self) -> torch.Tensor:
+        """Position encoding of the image-embedding grid: ``(1, C, h, w)`` (cached)."""
+        pe = self._dense_pe
+        weight = self.pe_layer.positional_encoding_gaussian_matrix
+        if self.training or pe is None or pe.device != weight.device or pe.dtype != weight.dtype:
+            pe = self.pe_layer(self.embedding_size).unsqueeze(0)
+            self._dense_pe = None if self.training else pe
+        return pe
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._dense_pe = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``coords`` ``(B, N, 2)`` pixel (x, y) of the model input, ``labels`` ``(B, N)``
+        -> ``(B, N, embed_dim)``."""
+        emb = self.pe_layer.forward_with_coords(coords + 0.5, self.input_size)  # pixel centres
+        labels = labels.unsqueeze(-1)
+        emb = torch.where(labels == LABEL_PAD, torch.zeros_like(emb) + self.not_a_point_embed.weight, emb)
+        for label, table in enumerate(self.point_embeddings):
+            emb = torch.where(labels == label, emb + table.weight, emb)
+        return emb
+
+    def embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, 4h, 4w)`` mask logits -> ``(B, embed_dim, h, w)``."""
+        return self.mask_downscaling(masks)
+
+    def forward(
+        self,
+        coords: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        masks: torch.Tensor | None,
+        batch_size: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns sparse ``(B, N, C)`` and dense ``(B, C, h, w)`` embeddings.
+
+        Padding (label -1 points) is the caller's choice: SAM 1 pads only when there
+        is no box, SAM 2 always pads.
+        """
+        if coords is not None:
+            batch_size = coords.shape[0]
+            sparse = self.embed_points(coords, labels)
+        else:
+            if masks is not None:
+                batch_size = masks.shape[0]
+            weight = self.no_mask_embed.weight
+            sparse = torch.empty((batch_size, 0, self.embed_dim), device=weight.device, dtype=weight.dtype)
+        if masks is not None:
+            dense = self.embed_masks(masks)
+        else:
+            h, w = self.embedding_size
+            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch_size, -1, h, w)
+        return sparse, dense

@@ -1,0 +1,264 @@
+"""Prompted segmentation of still images.
+
+The image embedding is computed once by :meth:`ImagePredictor.set_image` (or read back
+with :meth:`load_embedding`); every :meth:`predict` call then runs only the light
+prompt encoder and mask decoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anyseg.errors import AnysegError, InvalidInputError
+from anyseg.io.images import as_rgb_array
+from anyseg.models.features import ImageFeatures
+from anyseg.predictors.transforms import transform_for
+
+EMBEDDING_FORMAT = "anyseg-embedding/1"
+
+
+@dataclass
+class Prediction:
+    """Masks for one prompt, or for B prompts when the prompt was batched.
+
+    ``masks``: ``(K, H, W)`` bool at the original resolution (``(B, K, H, W)`` batched);
+    ``scores``: ``(K,)`` predicted IoU (``(B, K)``); ``logits``: ``(K, 256, 256)`` low-res
+    logits (``(B, K, 256, 256)``), to feed back as ``mask_input``.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+
+    @property
+    def best(self) -> int:
+        """Index of the highest-scoring mask (unbatched predictions)."""
+        return int(np.argmax(self.scores))
+
+
+def model_fingerprint(model) -> str:
+    """Identifies an architecture *and* its weights, so a saved embedding is never
+    reused with another model."""
+    h = hashlib.sha256(repr(model.cfg).encode())
+    for name, p in list(model.named_parameters())[-4:]:
+        h.update(name.encode())
+        h.update(np.asarray(p.detach().float().cpu().reshape(-1)[:64]).tobytes())
+    return h.hexdigest()[:16]
+
+
+class ImagePredictor:
+    """Predicts masks from points, boxes and mask prompts on an embedded image.
+
+    Coordinates are (x, y) pixels of the original image. ``model`` is any model from
+    :func:`anyseg.load_model` (SAM 1, MobileSAM or SAM 2).
+    """
+
+    def __init__(self, model, mask_threshold: float = 0.0) -> None:
+        self.model = model.eval()
+        self.transform = transform_for(model)
+        self.mask_threshold = mask_threshold
+        self._features: ImageFeatures | None = None
+        self._sizes: list[tuple[int, int]] = []
+
+    # ----------------------------------------------------------------- embedding
+    @torch.inference_mode()
+    def set_images(self, images) -> None:
+        """Embed a list of images in one encoder batch; select one with
+        ``predict(..., image=i)``."""
+        arrays = [as_rgb_array(im) for im in images]
+        if not arrays:
+            raise InvalidInputError("set_images() needs at least one image")
+        batch = torch.stack([self.transform.image(a) for a in arrays]).to(self.model.device, self.model.dtype)
+        self._features = self.model.encode_image(batch)
+        self._sizes = [a.shape[:2] for a in arrays]
+
+    def set_image(self, image) -> None:
+        """Embed one ``(H, W, 3)`` uint8 RGB array or PIL image."""
+        self.set_images([image])
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._features is not None
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the first embedded image."""
+        self._require_image()
+        return self._sizes[0]
+
+    def features(self, image: int = 0) -> ImageFeatures:
+        """The cached encoder output of one embedded image (batch of 1)."""
+        self._require_image()
+        return self._features.select(self._image_index(image))
+
+    def save_embedding(self, path: str | os.PathLike) -> None:
+        """Write the cached embedding(s) to ``path`` (atomically)."""
+        self._require_image()
+        payload = {
+            "format": EMBEDDING_FORMAT,
+            "model": model_fingerprint(self.model),
+            "sizes": torch.tensor(self._sizes),
+            "features": {k: v.cpu() for k, v in self._features.state().items()},
+        }
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(payload, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def load_embedding(self, path: str | os.PathLike) -> None:
+        """Restore an embedding written by :meth:`save_embedding` for this same model."""
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise InvalidInputError(f"no embedding file at {path}") from None
+        except Exception as exc:
+            raise InvalidInputError(f"{path} is not an anyseg embedding file ({exc})") from None
+        if not isinstance(payload, dict) or payload.get("format") != EMBEDDING_FORMAT:
+            raise InvalidInputError(f"{path} is not an anyseg embedding file")
+        if payload["model"] != model_fingerprint(self.model):
+            raise InvalidInputError(f"{path} was computed by another model or other weights; embed the image again")
+        feats = ImageFeatures.from_state(payload["features"])
+        self._features = feats.to(self.model.device, self.model.dtype)
+        self._sizes = [tuple(int(v) for v in hw) for hw in payload["sizes"].tolist()]
+
+    # ---------------------------------------------------------------- prediction
+    @torch.inference_mode()
+    def predict(
+        self,
+        points=None,
+        labels=None,
+        box=None,
+        mask_input=None,
+        multimask: bool = True,
+        image: int = 0,
+    ) -> Prediction:
+        """Masks for a prompt on the embedded image number ``image``.
+
+        - ``points``: ``(N, 2)`` (x, y) pixels, with ``labels`` ``(N,)`` (1 foreground,
+          0 background); or ``(B, N, 2)`` / ``(B, N)`` for B prompts at once.
+        - ``box``: ``(4,)`` XYXY pixels, or ``(B, 4)`` for B prompts at once.
+        - ``mask_input``: ``(1, 256, 256)`` low-res logits of an earlier prediction
+          (``(B, 1, 256, 256)`` batched).
+        - ``multimask``: three candidate masks (K = 3) instead of one (K = 1).
+        """
+        self._require_image()
+        index = self._image_index(image)
+        hw = self._sizes[index]
+        coords, lab, boxes, masks_in, batched = self._prompt_tensors(points, labels, box, mask_input, hw)
+        out = self.model.predict_masks(self._features.select(index), coords, lab, boxes, masks_in, multimask)
+        logits = out.masks.float()
+        full = self.transform.masks(logits, hw)
+        if self.transform.low_res_clamp is not None:
+            logits = logits.clamp(-self.transform.low_res_clamp, self.transform.low_res_clamp)
+        masks = (full > self.mask_threshold).cpu().numpy()
+        scores = out.iou.float().cpu().numpy()
+        logits = logits.cpu().numpy()
+        if not batched:
+            masks, scores, logits = masks[0], scores[0], logits[0]
+        return Prediction(masks, scores, logits)
+
+    # ------------------------------------------------------------------- helpers
+    def _require_image(self) -> None:
+        if self._features is None:
+            raise AnysegError("no image is set: call set_image() (or load_embedding()) first")
+
+    def _image_index(self, image: int) -> int:
+        if not isinstance(image, (int, np.integer)) or not 0 <= image < len(self._sizes):
+            raise InvalidInputError(f"image index {image!r} is out of range: {len(self._sizes)} image(s) are set")
+        return int(image)
+
+    def _prompt_tensors(self, points, labels, box, mask_input, hw):
+        """Validate user prompts; return model-input tensors and whether they are batched."""
+        device, h, w = self.model.device, hw[0], hw[1]
+        coords = lab = boxes = masks_in = None
+        batch_sizes = []
+        if points is not None or labels is not None:
+            if points is None or labels is None:
+                raise InvalidInputError("points and labels must be given together")
+            pts = _as_float_array(points, "points")
+            lbl = np.asarray(labels)
+            if pts.ndim == 2:
+                pts, lbl = pts[None], lbl[None] if lbl.ndim == 1 else lbl
+            else:
+                batch_sizes.append(pts.shape[0])
+            if pts.ndim != 3 or pts.shape[-1] != 2 or pts.shape[1] == 0:
+                raise InvalidInputError(f"points must have shape (N, 2) or (B, N, 2), got {np.shape(points)}")
+            if lbl.shape != pts.shape[:2]:
+                raise InvalidInputError(f"labels must have shape {pts.shape[1:2]} to match the points, got {np.shape(labels)}")
+            if not np.isin(lbl, (0, 1)).all():
+                raise InvalidInputError("labels must be 1 (foreground) or 0 (background)")
+            _check_inside(pts, h, w, "point")
+            coords = self.transform.coords(torch.as_tensor(pts, device=device), hw)
+            lab = torch.as_tensor(lbl.astype(np.int32), device=device)
+        if box is not None:
+            b = _as_float_array(box, "box")
+            if b.ndim == 1:
+                b = b[None]
+            else:
+                batch_sizes.append(b.shape[0])
+            if b.ndim != 2 or b.shape[-1] != 4 or b.shape[0] == 0:
+                raise InvalidInputError(f"box must have shape (4,) or (B, 4) as x0, y0, x1, y1; got {np.shape(box)}")
+            if (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
+                raise InvalidInputError("box must be x0, y0, x1, y1 with x1 >= x0 and y1 >= y0")
+            _check_inside(b.reshape(-1, 2), h, w, "box corner")
+            boxes = self.transform.coords(torch.as_tensor(b, device=device).reshape(-1, 2, 2), hw).reshape(-1, 4)
+        if mask_input is not None:
+            m = _as_float_array(mask_input, "mask_input")
+            if m.ndim == 2:
+                m = m[None]
+            if m.ndim == 3:
+                m = m[None]
+            else:
+                batch_sizes.append(m.shape[0])
+            if m.ndim != 4 or m.shape[1:] != (1, 256, 256):
+                raise InvalidInputError(f"mask_input must be low-res logits of shape (1, 256, 256), got {np.shape(mask_input)}")
+            masks_in = torch.as_tensor(m, device=device)
+        if coords is None and boxes is None and masks_in is None:
+            raise InvalidInputError("empty prompt: give points, a box or a mask_input")
+        sizes = set(batch_sizes)
+        if len(sizes) > 1:
+            raise InvalidInputError(f"batched prompts disagree on the batch size: {sorted(sizes)}")
+        batch = sizes.pop() if sizes else 1
+        coords, lab, boxes, masks_in = (
+            _broadcast(t, batch) for t in (coords, lab, boxes, masks_in)
+        )
+        dtype = self.model.dtype
+        masks_in = None if masks_in is None else masks_in.to(dtype)
+        return coords, lab, boxes, masks_in, bool(batch_sizes)
+
+
+def _as_float_array(value, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} must be numeric") from None
+    if not np.isfinite(arr).all():
+        raise InvalidInputError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def _check_inside(xy: np.ndarray, h: int, w: int, what: str) -> None:
+    """Every (x, y) must lie in the image: 0 <= x <= W, 0 <= y <= H."""
+    flat = xy.reshape(-1, 2)
+    bad = (flat[:, 0] < 0) | (flat[:, 0] > w) | (flat[:, 1] < 0) | (flat[:, 1] > h)
+    if bad.any():
+        x, y = flat[np.argmax(bad)]
+        raise InvalidInputError(f"{what} ({x:g}, {y:g}) lies outside the {w}x{h} image")
+
+
+def _broadcast(t: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    if t is None or t.shape[0] == batch:
+        return t
+    return t.expand(batch, *t.shape[1:])

@@ -1,0 +1,101 @@
+"""Pre- and post-processing, exactly as each official family does it.
+
+- SAM 1 / MobileSAM: resize the longest side to 1024 with PIL bilinear, normalise in
+  0-255 units, pad bottom-right to a 1024 square.
+- SAM 2 (images): scale to [0, 1], resize to a 1024 square with antialiased bilinear
+  on tensors, normalise with ImageNet statistics.
+
+Coordinates enter as (x, y) pixels of the original image and leave in model-input
+pixels; mask logits leave at the original resolution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+class Transform:
+    """Interface of a family's transform (see :func:`transform_for`)."""
+
+    size: int
+    low_res_clamp: float | None = None  # SAM 2's image predictor clamps returned logits
+
+    def input_hw(self, orig_hw: tuple[int, int]) -> tuple[int, int]:
+        """Size of the image content inside the model input."""
+        raise NotImplementedError
+
+    def image(self, image: np.ndarray) -> torch.Tensor:
+        """``(H, W, 3)`` uint8 RGB -> ``(3, size, size)`` float32 normalised."""
+        raise NotImplementedError
+
+    def coords(self, coords: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        """``(..., 2)`` original-image (x, y) -> model-input (x, y)."""
+        h, w = self.input_hw(orig_hw)
+        scale = torch.tensor([w / orig_hw[1], h / orig_hw[0]], dtype=coords.dtype, device=coords.device)
+        return coords * scale
+
+    def masks(self, logits: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        """``(B, K, 256, 256)`` low-res logits -> ``(B, K, H, W)`` logits."""
+        raise NotImplementedError
+
+
+class Sam1Transform(Transform):
+    pixel_mean = (123.675, 116.28, 103.53)
+    pixel_std = (58.395, 57.12, 57.375)
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+
+    def input_hw(self, orig_hw):
+        h, w = orig_hw
+        scale = self.size / max(h, w)
+        return int(h * scale + 0.5), int(w * scale + 0.5)
+
+    def image(self, image):
+        h, w = self.input_hw(image.shape[:2])
+        resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+        x = torch.from_numpy(resized).permute(2, 0, 1).float()
+        mean = torch.tensor(self.pixel_mean).view(3, 1, 1)
+        std = torch.tensor(self.pixel_std).view(3, 1, 1)
+        x = (x - mean) / std
+        return F.pad(x, (0, self.size - w, 0, self.size - h))
+
+    def masks(self, logits, orig_hw):
+        h, w = self.input_hw(orig_hw)
+        x = F.interpolate(logits, (self.size, self.size), mode="bilinear", align_corners=False)
+        x = x[..., :h, :w]
+        return F.interpolate(x, orig_hw, mode="bilinear", align_corners=False)
+
+
+class Sam2Transform(Transform):
+    low_res_clamp = 32.0
+    mean = (0.485, 0.456, 0.406)
+    std = (0.229, 0.224, 0.225)
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+
+    def input_hw(self, orig_hw):
+        return self.size, self.size
+
+    def image(self, image):
+        x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255.0)
+        x = F.interpolate(x[None], (self.size, self.size), mode="bilinear", align_corners=False, antialias=True)[0]
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+    def masks(self, logits, orig_hw):
+        return F.interpolate(logits.float(), orig_hw, mode="bilinear", align_corners=False)
+
+
+def transform_for(model) -> Transform:
+    """The transform of ``model``'s family (``model.family`` is ``"sam"`` or ``"sam2"``)."""
+    if model.family == "sam2":
+        return Sam2Transform(model.image_size)
+    if model.family == "sam":
+        return Sam1Transform(model.image_size)
+    raise ValueError(f"unknown model family {model.family!r}")
