@@ -15,6 +15,7 @@ from anyseg.errors import (
     UnknownModelError,
     WeightsUnavailableError,
 )
+from anyseg.loading import load_model
 from anyseg.predictors.image import ImagePredictor, Prediction
 
 __version__ = "0.1.0"
@@ -28,4 +29,5 @@ __all__ = [
     "Prediction",
     "UnknownModelError",
     "WeightsUnavailableError",
+    "load_model",
 ]

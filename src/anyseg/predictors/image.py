@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from anyseg.errors import AnysegError, InvalidInputError
+from anyseg.io.export import atomic_path
 from anyseg.io.images import as_rgb_array
 from anyseg.models.features import ImageFeatures
 from anyseg.predictors.transforms import transform_for
@@ -107,15 +106,8 @@ class ImagePredictor:
             "sizes": torch.tensor(self._sizes),
             "features": {k: v.cpu() for k, v in self._features.state().items()},
         }
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     def load_embedding(self, path: str | os.PathLike) -> None:
         """Restore an embedding written by :meth:`save_embedding` for this same model."""
