@@ -18,6 +18,7 @@ from anyseg.errors import AnysegError
 COMMANDS = [
     "anyseg.cli.segment",
     "anyseg.cli.models",
+    "anyseg.cli.eval",
 ]
 
 
