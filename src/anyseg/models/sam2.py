@@ -18,6 +18,7 @@ from anyseg.models.mask_decoder import DecoderOutput, MaskDecoder, MaskDecoderCo
 from anyseg.models.memory_attention import MemoryAttention
 from anyseg.models.memory_encoder import MemoryEncoder
 from anyseg.models.prompt_encoder import LABEL_BOX_BR, LABEL_BOX_TL, LABEL_PAD, PromptEncoder
+from anyseg.models.sam2_tracking import Sam2TrackerMixin
 
 SAM2_DECODER = MaskDecoderConfig(
     use_high_res_features=True,
@@ -54,7 +55,8 @@ class Sam2Config:
 
     @property
     def proj_tpos_enc_in_obj_ptrs(self) -> bool:
-        """SAM 2.1 projects the object pointers' temporal encoding (and signs it)."""
+        """SAM 2.1 gives object pointers a projected, signed temporal encoding; SAM 2
+        gives them none."""
         return self.version == "2.1"
 
 
@@ -74,7 +76,7 @@ for _size, _trunk in _TRUNKS.items():
     PRESETS[f"sam2.1_hiera_{_size}"] = Sam2Config(trunk=_trunk, version="2.1")
 
 
-class Sam2Model(nn.Module):
+class Sam2Model(Sam2TrackerMixin, nn.Module):
     """SAM 2 weights and per-frame math. Pre/post-processing and tracking state live in
     the predictors."""
 

@@ -91,6 +91,15 @@ class Sam2Transform(Transform):
     def masks(self, logits, orig_hw):
         return F.interpolate(logits.float(), orig_hw, mode="bilinear", align_corners=False)
 
+    def video_frame(self, image: np.ndarray) -> torch.Tensor:
+        """A video frame as the official video predictor loads it: PIL's default (bicubic)
+        resize to the square, ``/ 255`` in float64, then normalised in float32."""
+        resized = np.asarray(Image.fromarray(image).resize((self.size, self.size), Image.BICUBIC))
+        x = torch.from_numpy(resized / 255.0).permute(2, 0, 1).float()
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
 
 def transform_for(model) -> Transform:
     """The transform of ``model``'s family (``model.family`` is ``"sam"`` or ``"sam2"``)."""
