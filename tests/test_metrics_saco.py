@@ -17,10 +17,6 @@ GT_FILE = "toy_saco_veval_sav_test_gt.json"
 PRED_FILE = "toy_saco_veval_sav_test_pred.json"
 RESULT_FILE = "toy_saco_veval_sav_test_eval_res.json"
 
-TETA_KEYS = {
-    f"video_mask_{k}"
-    for k in ("teta", "loc_a", "assoc_a", "cls_a", "loc_re", "loc_pr", "assoc_re", "assoc_pr", "cls_re", "cls_pr")
-}
 OLDER_EVALUATOR_KEYS = {
     f"video_{iou}_demo_{k}"
     for iou in ("bbox", "mask")
@@ -40,26 +36,55 @@ def toy(samples_dir: Path) -> tuple[dict, dict]:
 def test_toy_dataset_metrics(toy) -> None:
     """Every dataset-level key the current official evaluator writes is reproduced:
     ``video_{bbox,mask}_mAP_50_95``, ``_phrase_ap_{50_95,50,75}``,
-    ``_all_phrase_{HOTA,DetA,AssA,DetRe,DetPr,AssRe,AssPr,LocA,OWTA}`` and
-    ``_demo_{cgf1_micro,ilmcc,positive_micro_f1}_{50_95,50,75}``, to 1e-12 (in fact bit
-    for bit on the toy files).
+    ``_all_phrase_{HOTA,DetA,AssA,DetRe,DetPr,AssRe,AssPr,LocA,OWTA}``,
+    ``_demo_{cgf1_micro,ilmcc,positive_micro_f1}_{50_95,50,75}`` and
+    ``video_mask_{teta,loc_a,assoc_a,cls_a,loc_re,loc_pr,assoc_re,assoc_pr,cls_re,cls_pr}``
+    (TETA, which the official toolkit rounds to 5 significant digits), to 1e-12 (in fact
+    bit for bit on the toy files).
 
-    Not reproduced (and absent from our output):
-
-    * ``video_mask_{teta,loc_a,assoc_a,cls_a,loc_re,loc_pr,assoc_re,assoc_pr,cls_re,cls_pr}``:
-      TETA from the TAO toolkit, which the current evaluator also runs, but which is not
-      among the SA-Co metrics anyseg implements (cgF1, IL_MCC, positive micro-F1, pHOTA,
-      mAP, phrase AP); the file holds it rounded to 3 decimals.
-    * ``video_{bbox,mask}_demo_{precision,recall,f1,pmf1,cgf1}_{50_95,50,75}``,
-      ``_pmf1_w0dt_50_95`` and ``_cgf1_w0dt_50_95``: written by an older evaluator version
-      (cgF1 from macro F1); the current one writes the ``_micro`` variants checked here.
+    Not reproduced (and absent from our output): ``video_{bbox,mask}_demo_{precision,
+    recall,f1,pmf1,cgf1}_{50_95,50,75}``, ``_pmf1_w0dt_50_95`` and ``_cgf1_w0dt_50_95``.
+    They were written by an older evaluator version, whose cgF1 was built on a macro F1;
+    the current evaluator (``VideoCGF1Evaluator``) writes the ``_micro`` variants checked
+    here instead. Their values still follow from the same per-query counts, which
+    ``test_toy_older_keys_follow_the_current_definitions`` checks.
     """
     ours, official = toy
     mine, theirs = ours["dataset_results"], official["dataset_results"]
-    assert set(theirs) - set(mine) == TETA_KEYS | OLDER_EVALUATOR_KEYS
+    assert set(theirs) - set(mine) == OLDER_EVALUATOR_KEYS
     assert set(mine) <= set(theirs)
     for key, value in mine.items():
         assert abs(value - theirs[key]) <= 1e-12, key
+
+
+def test_toy_older_keys_follow_the_current_definitions(samples_dir: Path, toy) -> None:
+    """The older-version keys are not written, but the counts behind them are the same:
+    precision, recall, F1 and the positive *macro* F1 of :func:`saco.cgf1_metrics` give
+    ``demo_{precision,recall,f1,pmf1}``, macro F1 x IL_MCC gives ``demo_cgf1`` (the older
+    cgF1), and the ``w0dt`` variants divide the macro sum by all positive queries."""
+    root = samples_dir / TOY
+    gt = saco.load_video_gt(root / GT_FILE)
+    preds = saco.load_video_predictions(root / PRED_FILE, gt)
+    official = toy[1]["dataset_results"]
+    gts_by_q, dts_by_q = saco._group(gt.annotations), saco._group(preds)
+    queries = sorted(set(gt.np_pairs) | set(gts_by_q) | set(dts_by_q))
+    for iou_type, name in (("bbox", "bbox"), ("segm", "mask")):
+        counts = [
+            saco._evaluate_query(gts_by_q.get(q, []), dts_by_q.get(q, []), iou_type).counts for q in queries
+        ]
+        m = saco.cgf1_metrics(counts)
+        fields = {"precision": "precision", "recall": "recall", "f1": "F1", "pmf1": "positive_macro_F1"}
+        for index, suffix in ((None, "50_95"), (saco._I50, "50"), (saco._I75, "75")):
+            for key, field in fields.items():
+                expected = official[f"video_{name}_demo_{key}_{suffix}"]
+                assert saco._at(m[field], index) == pytest.approx(expected, abs=1e-12)
+            cgf1 = saco._at(m["positive_macro_F1"] * m["IL_MCC"], index)
+            assert cgf1 == pytest.approx(official[f"video_{name}_demo_cgf1_{suffix}"], abs=1e-12)
+        positives = sum(c.num_gt > 0 for c in counts)
+        with_dt = sum(c.num_gt > 0 and c.num_dt > 0 for c in counts)
+        w0dt = saco._at(m["positive_macro_F1"], None) * with_dt / positives
+        assert w0dt == pytest.approx(official[f"video_{name}_demo_pmf1_w0dt_50_95"], abs=1e-12)
+        assert w0dt * m["IL_MCC"] == pytest.approx(official[f"video_{name}_demo_cgf1_w0dt_50_95"], abs=1e-12)
 
 
 def test_toy_per_video_np_metrics(toy) -> None:

@@ -46,7 +46,7 @@ def register(sub) -> None:
 
     video = benchmarks.add_parser(
         "saco-video",
-        help="SA-Co/VEval: cgF1, IL_MCC, positive micro-F1, phrase HOTA, mAP, phrase AP",
+        help="SA-Co/VEval: cgF1, IL_MCC, positive micro-F1, phrase HOTA, mAP, phrase AP, TETA",
         description="SA-Co video metrics of the official SAM 3 evaluator, for boxes and masks.",
     )
     video.add_argument("--gt", required=True, type=Path, metavar="FILE", help="YT-VIS style ground truth (JSON)")
@@ -122,6 +122,7 @@ def run_saco_video(args: argparse.Namespace) -> int:
             ("mAP (0.50:0.95)", "mAP_50_95"),
             ("phrase AP (0.50:0.95)", "phrase_ap_50_95"),
             ("phrase AP @0.5", "phrase_ap_50"),
+            ("TETA (0-100, masks only)", "teta"),
         )
     ]
     _print_table("SA-Co video", report.markdown_table(["metric", "bbox", "mask"], rows))
