@@ -165,4 +165,4 @@ def test_sav_object_never_visible_is_listed_not_scored(tmp_path: Path) -> None:
             _write(tmp_path / root / "v" / "001" / f"{i:05d}.png", never)
     result = vos.evaluate(tmp_path / "gt", tmp_path / "pred")
     assert [o.obj for o in result.objects] == ["000"]
-    assert result.unscored == ["v/001: ground truth empty on every scored frame"]
+    assert result.unscored == ["v/001: no ground-truth mask on any scored frame"]

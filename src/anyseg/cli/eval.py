@@ -41,7 +41,6 @@ def register(sub) -> None:
         help="also score the first and last annotated frame (skipped by default, as for SA-V val/test and DAVIS)",
     )
     vos.add_argument("--strict", action="store_true", help="fail if a ground-truth video has no prediction folder")
-    vos.add_argument("--workers", type=int, default=1, metavar="N", help="score videos in N processes (default 1)")
     vos.set_defaults(func=run_vos)
 
     video = benchmarks.add_parser(
@@ -80,7 +79,6 @@ def run_vos(args: argparse.Namespace) -> int:
         args.pred,
         skip_first_last=not args.no_skip_first_last,
         strict=args.strict,
-        workers=args.workers,
         progress=report.progress_bar("videos"),
     )
     for line in result.unscored:

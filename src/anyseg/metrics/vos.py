@@ -32,11 +32,10 @@ and last are skipped. anyseg leaves such objects out and lists them in
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -182,7 +181,9 @@ class _ObjectTracker:
             self.f.setdefault(label, []).append(boundary_f(obj_pred, obj_gt, radius))
 
     def scores(self) -> dict:
-        """``{label: (J, F, frames counted)}`` on the 0-100 scale, ground-truth objects only."""
+        """``{label: (J, F, frames counted)}`` on the 0-100 scale, ground-truth objects only,
+        in the iteration order of the set of labels, which is built with the same set
+        operations as the official code (so the CSV lists objects in the same order)."""
         return {
             label: (
                 float(np.mean(self.j[label]) * 100),
@@ -285,7 +286,7 @@ def _evaluate_davis_video(gt_video: Path, pred_video: Path, skip: bool) -> Video
 
 def _evaluate_sav_video(gt_video: Path, pred_video: Path, skip: bool) -> VideoScores:
     objects, unscored = [], []
-    for obj_dir in sorted(os.listdir(gt_video)):
+    for obj_dir in sorted(p.name for p in gt_video.iterdir() if p.is_dir()):
         gt_obj, pred_obj = gt_video / obj_dir, pred_video / obj_dir
         tracker = _ObjectTracker()
         for name in _scored_frames(_png_names(gt_obj), skip):
@@ -296,7 +297,7 @@ def _evaluate_sav_video(gt_video: Path, pred_video: Path, skip: bool) -> VideoSc
             j, f, n = scores[True]
             objects.append(ObjectScore(gt_video.name, obj_dir, j, f, n))
         else:
-            unscored.append(f"{gt_video.name}/{obj_dir}: ground truth empty on every scored frame")
+            unscored.append(f"{gt_video.name}/{obj_dir}: no ground-truth mask on any scored frame")
     return VideoScores(gt_video.name, SAV_LAYOUT, objects, unscored)
 
 
@@ -306,16 +307,6 @@ def evaluate_video(gt_video: Path, pred_video: Path, skip_first_last: bool = Tru
     if _is_davis_video(gt_video):
         return _evaluate_davis_video(gt_video, pred_video, skip_first_last)
     return _evaluate_sav_video(gt_video, pred_video, skip_first_last)
-
-
-class _VideoJob:
-    """Picklable ``video name -> VideoScores`` for a worker pool."""
-
-    def __init__(self, gt_root: Path, pred_root: Path, skip_first_last: bool) -> None:
-        self.gt_root, self.pred_root, self.skip = gt_root, pred_root, skip_first_last
-
-    def __call__(self, video: str) -> VideoScores:
-        return evaluate_video(self.gt_root / video, self.pred_root / video, self.skip)
 
 
 # --------------------------------------------------------------------------- dataset
@@ -396,29 +387,19 @@ def _video_folders(root: Path, what: str) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir())
 
 
-def _run(job: _VideoJob, videos: list[str], workers: int) -> Iterator[VideoScores]:
-    if workers <= 1 or len(videos) <= 1:
-        yield from map(job, videos)
-        return
-    with multiprocessing.get_context("fork").Pool(min(workers, len(videos))) as pool:
-        yield from pool.imap(job, videos)
-
-
 def evaluate(
     gt_root: str | Path,
     pred_root: str | Path,
     skip_first_last: bool = True,
     *,
     strict: bool = False,
-    workers: int = 1,
     progress: Callable[[Iterable, int], Iterable] | None = None,
 ) -> VosResult:
     """Score every video of ``gt_root`` that ``pred_root`` has a folder for.
 
     Videos without a prediction folder are left out and listed, as the official evaluator
-    does by default; with ``strict=True`` they are an error. ``workers > 1`` scores videos
-    in parallel processes; ``progress`` wraps the iterator of per-video results (e.g. a
-    tqdm bar) and receives the number of videos.
+    does by default; with ``strict=True`` they are an error. ``progress`` wraps the
+    iteration over videos (e.g. in a tqdm bar) and receives their number.
     """
     gt_root, pred_root = Path(gt_root), Path(pred_root)
     gt_videos = _video_folders(gt_root, "ground-truth")
@@ -431,10 +412,8 @@ def evaluate(
     videos = [v for v in gt_videos if v in pred_videos]
     if not videos:
         raise InvalidInputError(f"{pred_root} has no folder for any video of {gt_root}")
-    results: Iterable[VideoScores] = _run(_VideoJob(gt_root, pred_root, skip_first_last), videos, workers)
-    if progress is not None:
-        results = progress(results, len(videos))
-    per_video = list(results)
+    names: Iterable[str] = videos if progress is None else progress(videos, len(videos))
+    per_video = [evaluate_video(gt_root / v, pred_root / v, skip_first_last) for v in names]
     objects = [o for v in per_video for o in v.objects]
     if not objects:
         raise InvalidInputError("no object appears in the ground truth on any scored frame")
