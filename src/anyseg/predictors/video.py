@@ -129,7 +129,8 @@ class VideoSession:
         self.objects: OrderedDict[int, ObjectTrack] = OrderedDict()
         self._features: OrderedDict[int, ImageFeatures] = OrderedDict()
         self._memory_pos: torch.Tensor | None = None
-        self._live_frames: Iterator | None = None
+        self._live_frames: Iterator | None = None  # a live source is pulled only as needed
+        self._live_seen = -1
 
     # ------------------------------------------------------------------ queries
     @property
@@ -377,14 +378,12 @@ class VideoSession:
         """Pull a live source up to ``frame``; False once it has ended before it."""
         if self._live_frames is None:
             self._live_frames = iter(self.video)
-        while self.video.num_frames is None:
+        while self.video.num_frames is None and self._live_seen < frame:
             try:
-                index, _ = next(self._live_frames)
+                self._live_seen, _ = next(self._live_frames)
             except StopIteration:
                 break
-            if index >= frame:
-                return True
-        return self.video.num_frames is None or frame < self.video.num_frames
+        return self._live_seen >= frame
 
     def _frame_features(self, frame: int) -> ImageFeatures:
         feats = self._features.get(frame)
@@ -408,13 +407,14 @@ class VideoSession:
         for obj in self.objects.values():
             out = output_of(obj)
             if out is None:
-                logits.append(torch.full((1, 1, 256, 256), NO_OBJ_SCORE))
+                logits.append(torch.full((1, 1, *self.model.sam_prompt_encoder.mask_input_size), NO_OBJ_SCORE))
                 scores.append(NO_OBJ_SCORE)
             else:
                 logits.append(out.low_res.float().cpu())
                 scores.append(float(out.object_score))
         if not logits:
-            return FrameResult(frame, [], np.zeros((0, h, w), bool), np.zeros((0, 256, 256), np.float32),
+            low_hw = self.model.sam_prompt_encoder.mask_input_size
+            return FrameResult(frame, [], np.zeros((0, h, w), bool), np.zeros((0, *low_hw), np.float32),
                                np.zeros((0,), np.float32))
         low = torch.cat(logits, dim=0)
         masks = F.interpolate(low, (h, w), mode="bilinear", align_corners=False) > 0
