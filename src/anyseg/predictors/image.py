@@ -18,6 +18,7 @@ from anyseg.errors import AnysegError, InvalidInputError
 from anyseg.io.export import atomic_path
 from anyseg.io.images import as_rgb_array
 from anyseg.models.features import ImageFeatures
+from anyseg.predictors.prompts import as_float_array, check_inside
 from anyseg.predictors.transforms import transform_for
 
 EMBEDDING_FORMAT = "anyseg-embedding/1"
@@ -179,7 +180,7 @@ class ImagePredictor:
         if points is not None or labels is not None:
             if points is None or labels is None:
                 raise InvalidInputError("points and labels must be given together")
-            pts = _as_float_array(points, "points")
+            pts = as_float_array(points, "points")
             lbl = np.asarray(labels)
             if pts.ndim == 2:
                 pts, lbl = pts[None], lbl[None] if lbl.ndim == 1 else lbl
@@ -191,11 +192,11 @@ class ImagePredictor:
                 raise InvalidInputError(f"labels must have shape {pts.shape[1:2]} to match the points, got {np.shape(labels)}")
             if not np.isin(lbl, (0, 1)).all():
                 raise InvalidInputError("labels must be 1 (foreground) or 0 (background)")
-            _check_inside(pts, h, w, "point")
+            check_inside(pts, h, w, "point")
             coords = self.transform.coords(torch.as_tensor(pts, device=device), hw)
             lab = torch.as_tensor(lbl.astype(np.int32), device=device)
         if box is not None:
-            b = _as_float_array(box, "box")
+            b = as_float_array(box, "box")
             if b.ndim == 1:
                 b = b[None]
             else:
@@ -204,18 +205,19 @@ class ImagePredictor:
                 raise InvalidInputError(f"box must have shape (4,) or (B, 4) as x0, y0, x1, y1; got {np.shape(box)}")
             if (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
                 raise InvalidInputError("box must be x0, y0, x1, y1 with x1 >= x0 and y1 >= y0")
-            _check_inside(b.reshape(-1, 2), h, w, "box corner")
+            check_inside(b.reshape(-1, 2), h, w, "box corner")
             boxes = self.transform.coords(torch.as_tensor(b, device=device).reshape(-1, 2, 2), hw).reshape(-1, 4)
         if mask_input is not None:
-            m = _as_float_array(mask_input, "mask_input")
+            m = as_float_array(mask_input, "mask_input")
             if m.ndim == 2:
                 m = m[None]
             if m.ndim == 3:
                 m = m[None]
             else:
                 batch_sizes.append(m.shape[0])
-            if m.ndim != 4 or m.shape[1:] != (1, 256, 256):
-                raise InvalidInputError(f"mask_input must be low-res logits of shape (1, 256, 256), got {np.shape(mask_input)}")
+            low = 4 * self.model.image_size // 16
+            if m.ndim != 4 or m.shape[1:] != (1, low, low):
+                raise InvalidInputError(f"mask_input must be low-res logits of shape (1, {low}, {low}), got {np.shape(mask_input)}")
             masks_in = torch.as_tensor(m, device=device)
         if coords is None and boxes is None and masks_in is None:
             raise InvalidInputError("empty prompt: give points, a box or a mask_input")
@@ -229,25 +231,6 @@ class ImagePredictor:
         dtype = self.model.dtype
         masks_in = None if masks_in is None else masks_in.to(dtype)
         return coords, lab, boxes, masks_in, bool(batch_sizes)
-
-
-def _as_float_array(value, name: str) -> np.ndarray:
-    try:
-        arr = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"{name} must be numeric") from None
-    if not np.isfinite(arr).all():
-        raise InvalidInputError(f"{name} contains NaN or infinite values")
-    return arr
-
-
-def _check_inside(xy: np.ndarray, h: int, w: int, what: str) -> None:
-    """Every (x, y) must lie in the image: 0 <= x <= W, 0 <= y <= H."""
-    flat = xy.reshape(-1, 2)
-    bad = (flat[:, 0] < 0) | (flat[:, 0] > w) | (flat[:, 1] < 0) | (flat[:, 1] > h)
-    if bad.any():
-        x, y = flat[np.argmax(bad)]
-        raise InvalidInputError(f"{what} ({x:g}, {y:g}) lies outside the {w}x{h} image")
 
 
 def _broadcast(t: torch.Tensor | None, batch: int) -> torch.Tensor | None:

@@ -27,6 +27,7 @@ from anyseg.io.masks import small_components
 from anyseg.io.video import VideoSource, open_video
 from anyseg.models.features import ImageFeatures
 from anyseg.models.sam2_tracking import NO_OBJ_SCORE, Memory, TrackStep
+from anyseg.predictors.prompts import check_inside
 from anyseg.predictors.transforms import Sam2Transform
 
 
@@ -451,14 +452,14 @@ class VideoSession:
                 raise InvalidInputError(f"points must have shape (N, 2), got {coords.shape}")
             if lab.shape != (coords.shape[0],) or not np.isin(lab, (0, 1)).all():
                 raise InvalidInputError("labels must be N values, each 1 (object) or 0 (background)")
-            _check_inside(coords, h, w, "point")
+            check_inside(coords, h, w, "point", "video")
         if box is not None:
             if not clear:
                 raise InvalidInputError("a box replaces a frame's clicks: use clear=True with a box")
             b = np.asarray(box, dtype=np.float32)
             if b.shape != (4,) or b[2] < b[0] or b[3] < b[1]:
                 raise InvalidInputError("box must be x0, y0, x1, y1 with x1 >= x0 and y1 >= y0")
-            _check_inside(b.reshape(2, 2), h, w, "box corner")
+            check_inside(b.reshape(2, 2), h, w, "box corner", "video")
             coords = np.concatenate([b.reshape(2, 2), coords])
             lab = np.concatenate([np.array([2, 3]), lab])
         size = self.model.image_size
@@ -488,13 +489,6 @@ def _check_obj_id(obj_id) -> int:
     if not isinstance(obj_id, (int, np.integer)) or isinstance(obj_id, bool):
         raise InvalidInputError(f"object ids are integers, got {obj_id!r}")
     return int(obj_id)
-
-
-def _check_inside(xy: np.ndarray, h: int, w: int, what: str) -> None:
-    bad = (xy[:, 0] < 0) | (xy[:, 0] > w) | (xy[:, 1] < 0) | (xy[:, 1] > h)
-    if bad.any():
-        x, y = xy[np.argmax(bad)]
-        raise InvalidInputError(f"{what} ({x:g}, {y:g}) lies outside the {w}x{h} video")
 
 
 def _count_from(start: int) -> Iterator[int]:
