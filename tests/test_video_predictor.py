@@ -149,3 +149,13 @@ def test_long_live_stream_runs_in_bounded_memory(model):
     assert session.num_frames == 2000 and set(rss) == {199, 1999}
     assert rss[1999] <= 1.05 * rss[199], rss
     assert all(len(obj.non_cond) <= 17 for obj in session.objects.values())
+
+
+def test_video_file_source(model, samples_dir):
+    """A real mp4 decoded lazily: prompt on the last frame, track backward a little."""
+    with VideoPredictor(model).open(samples_dir / "videos" / "bedroom.mp4") as s:
+        assert s.num_frames == 200 and s.size == (540, 960)
+        s.add_prompt(199, 1, points=[[480, 270]], labels=[1])
+        results = list(s.propagate(reverse=True, max_frames=2))
+        assert [r.frame for r in results] == [199, 198, 197]
+        assert results[-1].masks.shape == (1, 540, 960)
