@@ -17,17 +17,21 @@ from anyseg.errors import (
 )
 from anyseg.loading import load_model
 from anyseg.predictors.image import ImagePredictor, Prediction
+from anyseg.predictors.video import FrameResult, VideoPredictor, VideoSession
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AnysegError",
     "CheckpointError",
+    "FrameResult",
     "ImagePredictor",
     "InvalidInputError",
     "MediaError",
     "Prediction",
     "UnknownModelError",
+    "VideoPredictor",
+    "VideoSession",
     "WeightsUnavailableError",
     "load_model",
 ]
