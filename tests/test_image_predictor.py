@@ -129,3 +129,14 @@ def test_bad_images_get_clear_errors(model, bad, message):
 def test_predict_before_set_image(model):
     with pytest.raises(AnysegError, match="no image is set"):
         ImagePredictor(model).predict(points=[[1, 1]], labels=[1])
+
+
+def test_reduced_precision_is_opt_in(model, image, pred):
+    fast = ImagePredictor(model, precision="bf16")
+    fast.set_image(image)
+    a = fast.predict(points=[[100, 120]], labels=[1])
+    b = pred.predict(points=[[100, 120]], labels=[1])
+    assert a.logits.dtype == np.float32 and a.masks.shape == b.masks.shape
+    assert np.abs(a.scores - b.scores).max() < 0.05
+    with pytest.raises(InvalidInputError, match="precision must be one of"):
+        ImagePredictor(model, precision="int4")

@@ -18,6 +18,7 @@ from anyseg.errors import AnysegError, InvalidInputError
 from anyseg.io.export import atomic_path
 from anyseg.io.images import as_rgb_array
 from anyseg.models.features import ImageFeatures
+from anyseg.predictors.precision import autocast, check_precision
 from anyseg.predictors.prompts import as_float_array, check_inside
 from anyseg.predictors.transforms import transform_for
 
@@ -57,11 +58,13 @@ class ImagePredictor:
     """Predicts masks from points, boxes and mask prompts on an embedded image.
 
     Coordinates are (x, y) pixels of the original image. ``model`` is any model from
-    :func:`anyseg.load_model` (SAM 1, MobileSAM or SAM 2).
+    :func:`anyseg.load_model` (SAM 1, MobileSAM or SAM 2). ``precision`` ``"bf16"`` /
+    ``"fp16"`` opts in to faster reduced-precision compute (default ``"fp32"``: exact).
     """
 
-    def __init__(self, model, mask_threshold: float = 0.0) -> None:
+    def __init__(self, model, mask_threshold: float = 0.0, precision: str = "fp32") -> None:
         self.model = model.eval()
+        self.precision = check_precision(precision)
         self.transform = transform_for(model)
         self.mask_threshold = mask_threshold
         self._features: ImageFeatures | None = None
@@ -76,7 +79,8 @@ class ImagePredictor:
         if not arrays:
             raise InvalidInputError("set_images() needs at least one image")
         batch = torch.stack([self.transform.image(a) for a in arrays]).to(self.model.device, self.model.dtype)
-        self._features = self.model.encode_image(batch)
+        with autocast(self.model.device, self.precision):
+            self._features = self.model.encode_image(batch)
         self._sizes = [a.shape[:2] for a in arrays]
 
     def set_image(self, image) -> None:
@@ -150,7 +154,8 @@ class ImagePredictor:
         index = self._image_index(image)
         hw = self._sizes[index]
         coords, lab, boxes, masks_in, batched = self._prompt_tensors(points, labels, box, mask_input, hw)
-        out = self.model.predict_masks(self._features.select(index), coords, lab, boxes, masks_in, multimask)
+        with autocast(self.model.device, self.precision):
+            out = self.model.predict_masks(self._features.select(index), coords, lab, boxes, masks_in, multimask)
         logits = out.masks.float()
         full = self.transform.masks(logits, hw)
         if self.transform.low_res_clamp is not None:

@@ -27,6 +27,7 @@ from anyseg.io.masks import small_components
 from anyseg.io.video import VideoSource, open_video
 from anyseg.models.features import ImageFeatures
 from anyseg.models.sam2_tracking import NO_OBJ_SCORE, Memory, TrackStep
+from anyseg.predictors.precision import autocast, check_precision
 from anyseg.predictors.prompts import check_inside
 from anyseg.predictors.transforms import Sam2Transform
 
@@ -99,10 +100,11 @@ class VideoPredictor:
 
     ``fill_hole_area``: background regions of at most this many low-res pixels inside a
     mask are filled (official default 8; 0 disables). ``max_sprinkle_area``: foreground
-    specks of at most this many pixels are removed (default 0, off).
+    specks of at most this many pixels are removed (default 0, off). ``precision``
+    ``"bf16"`` / ``"fp16"`` opts in to faster reduced-precision compute (default exact fp32).
     """
 
-    def __init__(self, model, fill_hole_area: int = 8, max_sprinkle_area: int = 0) -> None:
+    def __init__(self, model, fill_hole_area: int = 8, max_sprinkle_area: int = 0, precision: str = "fp32") -> None:
         if getattr(model, "family", None) != "sam2":
             raise InvalidInputError("video tracking needs a SAM 2 model (e.g. sam2.1-tiny)")
         if fill_hole_area < 0 or max_sprinkle_area < 0:
@@ -110,6 +112,7 @@ class VideoPredictor:
         self.model = model.eval()
         self.fill_hole_area = fill_hole_area
         self.max_sprinkle_area = max_sprinkle_area
+        self.precision = check_precision(precision)
 
     def open(self, source, **video_options) -> "VideoSession":
         """Open a video file, a frame folder, a list of frames or a live iterator."""
@@ -273,8 +276,9 @@ class VideoSession:
                         continue
                     if out.memory is None:
                         feats = self._frame_features(frame)
-                        high = F.interpolate(out.low_res, (self.model.image_size,) * 2, mode="bilinear", align_corners=False)
-                        memory, _ = self.model.encode_memory(feats.embed, high, out.object_score, binarize=True)
+                        high = F.interpolate(out.low_res.float(), (self.model.image_size,) * 2, mode="bilinear", align_corners=False)
+                        with self._autocast():
+                            memory, _ = self.model.encode_memory(feats.embed, high, out.object_score, binarize=True)
                         out.memory = memory.to(torch.bfloat16)
                     (obj.cond if is_cond else obj.non_cond)[frame] = out
                     del obj.pending[frame]
@@ -296,21 +300,22 @@ class VideoSession:
     ) -> FrameOutput:
         model = self.model
         feats = self._frame_features(frame)
-        if prompt is not None and prompt.mask is not None:
-            step = model.mask_as_output(feats.embed, feats.high_res, prompt.mask)
-        else:
-            pix = self._condition(obj, frame, feats, is_init_cond, reverse)
-            num_points = 0 if prompt is None else prompt.num_points
-            coords = None if prompt is None else prompt.coords
-            labels = None if prompt is None else prompt.labels
-            step = model.forward_sam_heads(
-                pix, feats.high_res, coords, labels, mask_input=prev_logits, multimask=num_points <= 1
-            )
-        memory = None
-        if encode_memory:
-            memory, _ = model.encode_memory(feats.embed, step.high_res, step.object_score,
-                                            binarize=prompt is not None and prompt.mask is None)
-            memory = memory.to(torch.bfloat16)
+        with self._autocast():
+            if prompt is not None and prompt.mask is not None:
+                step = model.mask_as_output(feats.embed, feats.high_res, prompt.mask)
+            else:
+                pix = self._condition(obj, frame, feats, is_init_cond, reverse)
+                num_points = 0 if prompt is None else prompt.num_points
+                coords = None if prompt is None else prompt.coords
+                labels = None if prompt is None else prompt.labels
+                step = model.forward_sam_heads(
+                    pix, feats.high_res, coords, labels, mask_input=prev_logits, multimask=num_points <= 1
+                )
+            memory = None
+            if encode_memory:
+                binarize = prompt is not None and prompt.mask is None
+                memory, _ = model.encode_memory(feats.embed, step.high_res, step.object_score, binarize=binarize)
+                memory = memory.to(torch.bfloat16)
         return FrameOutput(self._postprocess(step), step.obj_ptr, step.object_score, memory)
 
     def _condition(self, obj: ObjectTrack, frame: int, feats: ImageFeatures, is_init_cond: bool, reverse: bool):
@@ -359,6 +364,9 @@ class VideoSession:
             values = np.where(small_components(values > 0, sprinkle), -10.0, values)
         return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(logits.device, logits.dtype)
 
+    def _autocast(self):
+        return autocast(self.model.device, self.predictor.precision)
+
     def _memory_position(self) -> torch.Tensor:
         """Position encoding of a memory (the same for every frame and object)."""
         if self._memory_pos is None:
@@ -393,7 +401,8 @@ class VideoSession:
                 self._has_frame(frame)
             image = self.transform.video_frame(self.video.get(frame))
             model = self.model
-            feats = model.encode_image(image[None].to(model.device, model.dtype))
+            with self._autocast():
+                feats = model.encode_image(image[None].to(model.device, model.dtype))
             self._features[frame] = feats
             while len(self._features) > self.feature_cache_size:
                 self._features.popitem(last=False)
