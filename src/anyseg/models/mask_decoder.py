@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from anyseg.models.common import MLP, LayerNorm2d
@@ -47,6 +48,16 @@ def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> to
     inter = (logits > threshold + offset).sum(dim=(-1, -2), dtype=torch.int32).float()
     union = (logits > threshold - offset).sum(dim=(-1, -2), dtype=torch.int32).float()
     return torch.where(union > 0, inter / union, torch.ones_like(inter))
+
+
+def _deconv2x2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """A 2x2, stride-2 transposed convolution of a channels-last ``(B, h, w, Cin)`` map,
+    as one matrix product: ``(B, 2h, 2w, Cout)``."""
+    b, h, w, cin = x.shape
+    cout = conv.out_channels
+    y = x.reshape(b, h * w, cin) @ conv.weight.reshape(cin, cout * 4)  # weight: (Cin, Cout, 2, 2)
+    y = y.reshape(b, h, w, cout, 2, 2).permute(0, 1, 4, 2, 5, 3).reshape(b, 2 * h, 2 * w, cout)
+    return y + conv.bias
 
 
 class MaskDecoder(nn.Module):
@@ -115,20 +126,12 @@ class MaskDecoder(nn.Module):
         iou_token_out = hs[:, first, :]
         mask_tokens_out = hs[:, first + 1 : first + 1 + self.num_mask_tokens, :]
 
-        src = src.transpose(1, 2).reshape(b, c, h, w)
-        if self.cfg.use_high_res_features:
-            dc1, ln1, act1, dc2, act2 = self.output_upscaling
-            feat_s0, feat_s1 = high_res_features
-            up = act1(ln1(dc1(src) + feat_s1))
-            up = act2(dc2(up) + feat_s0)
-        else:
-            up = self.output_upscaling(src)
-
+        up = self._upscale(src.reshape(b, h, w, c), high_res_features)  # (B, 4h, 4w, C/8)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        _, c, h, w = up.shape
-        masks = (hyper_in @ up.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        _, h, w, c = up.shape
+        masks = (up.reshape(b, h * w, c) @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
 
         iou = self.iou_prediction_head(iou_token_out)
         if self.cfg.pred_obj_scores:
@@ -136,6 +139,21 @@ class MaskDecoder(nn.Module):
         else:
             object_score = 10.0 * iou.new_ones(iou.shape[0], 1)
         return DecoderOutput(masks, iou, mask_tokens_out, object_score)
+
+    def _upscale(self, x: torch.Tensor, high_res_features: list[torch.Tensor] | None) -> torch.Tensor:
+        """``output_upscaling`` (with SAM 2's high-res skips) on a channels-last map:
+        ``(B, h, w, C)`` -> ``(B, 4h, 4w, C/8)``. The layers run channels-last, each
+        transposed conv as one matrix product, which avoids layout conversions."""
+        dc1, ln1, act1, dc2, act2 = self.output_upscaling
+        x = _deconv2x2(x, dc1)
+        if self.cfg.use_high_res_features:
+            feat_s0, feat_s1 = high_res_features
+            x = x + feat_s1.permute(0, 2, 3, 1)
+        x = act1(F.layer_norm(x, x.shape[-1:], ln1.weight, ln1.bias, ln1.eps))
+        x = _deconv2x2(x, dc2)
+        if self.cfg.use_high_res_features:
+            x = x + feat_s0.permute(0, 2, 3, 1)
+        return act2(x)
 
     def select(self, out: DecoderOutput, multimask: bool) -> DecoderOutput:
         """Keep the three multimask outputs, or one mask (token 0, or the dynamic choice)."""

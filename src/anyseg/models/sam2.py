@@ -117,7 +117,11 @@ class Sam2Model(Sam2TrackerMixin, nn.Module):
         """``(B, 3, 1024, 1024)`` normalised images -> :class:`ImageFeatures`."""
         feats, pos = self.image_encoder(images)
         decoder = self.sam_mask_decoder
-        high_res = [decoder.conv_s0(feats[0]), decoder.conv_s1(feats[1])]
+        # channels-last: the mask decoder adds these to channels-last maps on every click
+        high_res = [
+            decoder.conv_s0(feats[0]).contiguous(memory_format=torch.channels_last),
+            decoder.conv_s1(feats[1]).contiguous(memory_format=torch.channels_last),
+        ]
         return ImageFeatures(feats[2], high_res, pos[2])
 
     def prompt_tokens(

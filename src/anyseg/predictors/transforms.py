@@ -65,9 +65,10 @@ class Sam1Transform(Transform):
 
     def masks(self, logits, orig_hw):
         h, w = self.input_hw(orig_hw)
-        x = F.interpolate(logits, (self.size, self.size), mode="bilinear", align_corners=False)
+        x = F.interpolate(_one_channel(logits), (self.size, self.size), mode="bilinear", align_corners=False)
         x = x[..., :h, :w]
-        return F.interpolate(x, orig_hw, mode="bilinear", align_corners=False)
+        x = F.interpolate(x, orig_hw, mode="bilinear", align_corners=False)
+        return x.reshape(*logits.shape[:-2], *orig_hw)
 
 
 class Sam2Transform(Transform):
@@ -89,7 +90,8 @@ class Sam2Transform(Transform):
         return (x - mean) / std
 
     def masks(self, logits, orig_hw):
-        return F.interpolate(logits.float(), orig_hw, mode="bilinear", align_corners=False)
+        x = F.interpolate(_one_channel(logits.float()), orig_hw, mode="bilinear", align_corners=False)
+        return x.reshape(*logits.shape[:-2], *orig_hw)
 
     def video_frame(self, image: np.ndarray) -> torch.Tensor:
         """A video frame as the official video predictor loads it: PIL's default (bicubic)
@@ -99,6 +101,12 @@ class Sam2Transform(Transform):
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return (x - mean) / std
+
+
+def _one_channel(logits: torch.Tensor) -> torch.Tensor:
+    """``(B, K, h, w)`` -> contiguous ``(B * K, 1, h, w)``: CPU bilinear resizing runs
+    about twice as fast on single-channel images."""
+    return logits.reshape(-1, 1, *logits.shape[-2:]).contiguous()
 
 
 def transform_for(model) -> Transform:
