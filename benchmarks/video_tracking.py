@@ -46,21 +46,22 @@ def build(preset: str):
     return build_sam2(preset).eval().requires_grad_(False)
 
 
-def measure_fps(preset: str, objects: int, frames: int) -> dict:
+def measure_fps(preset: str, objects: int, frames: int, precision: str) -> dict:
     """Propagate ``frames`` frames after the prompted one; fps excludes the first frame."""
     from anyseg.predictors.video import VideoPredictor
 
-    session = VideoPredictor(build(preset)).open(VIDEO)
+    session = VideoPredictor(build(preset), precision=precision).open(VIDEO)
     for obj_id, kwargs in PROMPTS[:objects]:
         session.add_prompt(0, obj_id, **kwargs)
     stamps = []
     for r in session.propagate(max_frames=frames):
         stamps.append(time.perf_counter())
     fps = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-    return {"objects": objects, "frames": len(stamps) - 1, "fps": fps, "peak_rss_mib": peak_mib()}
+    return {"objects": objects, "frames": len(stamps) - 1, "fps": fps, "peak_rss_mib": peak_mib(),
+            "precision": precision}
 
 
-def measure_memory(preset: str, frames: int) -> dict:
+def measure_memory(preset: str, frames: int, precision: str) -> dict:
     """Resident memory while tracking one object through ``frames`` frames of a live
     stream (bedroom.mp4 looped)."""
     from anyseg.io.video import open_video
@@ -76,7 +77,7 @@ def measure_memory(preset: str, frames: int) -> dict:
                     if n == frames:
                         return
 
-    session = VideoPredictor(build(preset)).open(looped())
+    session = VideoPredictor(build(preset), precision=precision).open(looped())
     session.add_prompt(0, 1, **PROMPTS[0][1])
     marks = {f - 1 for f in (50, 100, 200, 300, 400, 500, frames)}
     rss = {}
@@ -85,15 +86,15 @@ def measure_memory(preset: str, frames: int) -> dict:
         if r.frame in marks:
             rss[r.frame + 1] = round(rss_mib(), 1)
             print(f"  frame {r.frame + 1}: rss {rss[r.frame + 1]} MiB", file=sys.stderr, flush=True)
-    return {"frames": frames, "rss_mib_after_frames": rss, "seconds": time.perf_counter() - t0,
+    return {"frames": frames, "precision": precision, "rss_mib_after_frames": rss, "seconds": time.perf_counter() - t0,
             "growth_200_to_end_pct": 100 * (rss[frames] / rss[200] - 1) if 200 in rss else None}
 
 
 def child(args) -> None:
     if args.child == "fps":
-        print(json.dumps(measure_fps(args.preset, args.objects, args.frames)))
+        print(json.dumps(measure_fps(args.preset, args.objects, args.frames, args.precision)))
     else:
-        print(json.dumps(measure_memory(args.preset, args.memory_frames)))
+        print(json.dumps(measure_memory(args.preset, args.memory_frames, args.memory_precision)))
 
 
 def main() -> None:
@@ -102,6 +103,10 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--memory-frames", type=int, default=500)
     ap.add_argument("--objects", type=int, default=1)
+    ap.add_argument("--precisions", default="fp32,bf16", help="precisions to time (fps)")
+    ap.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-precision", default="bf16",
+                    help="precision of the long memory run (memory use does not depend on it; bf16 is faster)")
     ap.add_argument("--child", choices=["fps", "memory"])
     args = ap.parse_args()
     if args.child:
@@ -109,14 +114,16 @@ def main() -> None:
 
     def run(*extra):
         cmd = [sys.executable, __file__, "--preset", args.preset, "--frames", str(args.frames),
-               "--memory-frames", str(args.memory_frames), *extra]
+               "--memory-frames", str(args.memory_frames), "--memory-precision", args.memory_precision, *extra]
         return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
     results = {"preset": args.preset, "video": VIDEO.name}
-    for objects in (1, 3):
-        r = run("--child", "fps", "--objects", str(objects))
-        results[f"fps_{objects}_objects"] = r
-        print(f"{objects} object(s): {r['fps']:.2f} frames/s, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+    for precision in args.precisions.split(","):
+        for objects in (1, 3):
+            r = run("--child", "fps", "--objects", str(objects), "--precision", precision)
+            results[f"fps_{objects}_objects_{precision}"] = r
+            print(f"{precision}, {objects} object(s): {r['fps']:.2f} frames/s, peak RSS {r['peak_rss_mib']:.0f} MiB",
+                  flush=True)
     if args.memory_frames:
         r = run("--child", "memory")
         results["memory"] = r
