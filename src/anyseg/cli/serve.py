@@ -1,0 +1,77 @@
+"""``anyseg serve``: the studio, a web page and REST API, on a local port."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="start the studio: a web page and REST API to segment and track interactively",
+        description="Serve the studio on http://HOST:PORT/ (the REST API under /api, its OpenAPI spec at "
+        "/openapi.json and /docs). The model loads in the background; official weights are downloaded on "
+        "first use, and if they cannot be, the page says which file to download and where to put it.",
+    )
+    p.add_argument("--model", metavar="NAME", help="registry name (default sam2.1-tiny; `anyseg models` lists them)")
+    p.add_argument("--checkpoint", metavar="PATH", help="load weights from this local file instead")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--no-download", action="store_true",
+                   help="never download official weights: if they are missing, the page says what to download")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes the studio)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--data-dir", metavar="DIR", type=Path,
+                   help="where projects, media and annotations are kept (default $ANYSEG_HOME/studio)")
+    p.add_argument("--samples", metavar="DIR", type=Path,
+                   help="a local folder of the gallery's samples (images/, videos/) to use instead of downloading")
+    p.add_argument("--max-upload-mb", type=float, default=1024, help="largest upload accepted (default 1024 MiB)")
+    p.add_argument("--session-ttl", type=float, default=1800, metavar="SECONDS",
+                   help="close sessions idle this long, freeing their memory (default 1800)")
+    p.add_argument("--max-sessions", type=int, default=8, help="live sessions kept at most (default 8)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from anyseg.errors import InvalidInputError
+    from anyseg.server import ServerSettings, create_app
+
+    if args.max_upload_mb <= 0 or args.session_ttl <= 0 or args.max_sessions < 1:
+        raise InvalidInputError("--max-upload-mb and --session-ttl must be positive, --max-sessions at least 1")
+    loopback = args.host == "localhost" or _is_loopback(args.host)
+    settings = ServerSettings(
+        model=args.model or (None if args.checkpoint else "sam2.1-tiny"),
+        checkpoint=args.checkpoint,
+        device=args.device,
+        download=not args.no_download,
+        data_dir=args.data_dir,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        session_ttl_s=args.session_ttl,
+        max_sessions=args.max_sessions,
+        samples_dir=args.samples,
+        # Bound to this machine: refuse other Host names, so no web page can reach the studio
+        # through DNS rebinding.
+        allowed_hosts=["127.0.0.1", "localhost", "[::1]"] if loopback else None,
+    )
+    app = create_app(settings)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    if not loopback:
+        print(f"anyseg: warning: listening on {args.host}: anyone who can reach it can use the studio",
+              file=sys.stderr)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"anyseg studio: http://{shown}:{args.port}/  (API docs at /docs; Ctrl+C to stop)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
