@@ -264,6 +264,20 @@ def test_bad_uploads(client, clip):
     assert list(media.iterdir()) == []
 
 
+def test_exif_orientation_is_applied(client):
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter: the 64×48 pixels display as 48×64
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(buf, format="JPEG", exif=exif)
+    info = upload(client, "phone.jpg", buf.getvalue())
+    media = info["project"]["media"]
+    assert (media["width"], media["height"]) == (48, 64)
+    new_object(client, info["session_id"])
+    assert mask_of(prompt(client, info["session_id"], 1, x=40, y=60), 1).shape == (64, 48)
+    frame = client.get(f"/api/projects/{info['project']['id']}/frames/0")
+    assert Image.open(io.BytesIO(frame.content)).size == (48, 64)
+
+
 def test_same_file_twice_is_stored_once(client):
     a = upload(client, "a.png", png_bytes(64, 48))
     b = upload(client, "b.png", png_bytes(64, 48))
@@ -274,6 +288,7 @@ def test_same_file_twice_is_stored_once(client):
     assert len(list(media.iterdir())) == 1  # b still uses it
     assert client.delete(f"/api/projects/{b['project']['id']}").status_code == 204
     assert list(media.iterdir()) == []
+    assert list((media.parent / "embeddings").iterdir()) == []  # the cached embedding went too
     assert_error(client.get(f"/api/sessions/{b['session_id']}"), 404, "unknown_session")
 
 

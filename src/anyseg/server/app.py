@@ -15,7 +15,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -61,7 +61,7 @@ from anyseg.server.schemas import (
     Status,
     Track,
 )
-from anyseg.server.sessions import SessionManager, StudioSession, VideoTrackingSession, mask_out
+from anyseg.server.sessions import SessionManager, StudioSession, Tracked, VideoTrackingSession, mask_out
 from anyseg.server.store import MAX_OBJECTS, Project, Store
 from anyseg.server.worker import InferenceWorker, ModelHolder
 
@@ -96,7 +96,7 @@ class Studio:
     """Everything the routes use, for one app."""
 
     def __init__(self, settings: ServerSettings, model=None) -> None:
-        if model is None and settings.checkpoint is None:
+        if model is None and settings.model is not None:
             get_spec(settings.model)  # an unknown name fails now, with suggestions
         self.settings = settings
         self.data_dir = settings.data_dir or hub.home() / "studio"
@@ -112,8 +112,7 @@ class Studio:
         self.worker = InferenceWorker()
         self.holder.start_loading(self.worker)
         self.sessions = SessionManager(self.store, self.worker, self.holder, self.library,
-                                       self.data_dir / "embeddings", self.settings.session_ttl_s,
-                                       self.settings.max_sessions)
+                                       self.settings.session_ttl_s, self.settings.max_sessions)
 
     def stop(self) -> None:
         self.sessions.close_all()
@@ -152,7 +151,8 @@ FrameNo = Annotated[int, PathParam(ge=0, le=10_000_000, description="frame numbe
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
-    for code, text in [(400, "a malformed request body"), (404, "unknown id"), (409, "the session is busy tracking, or an action does not fit its state"),
+    for code, text in [(400, "a malformed request body"), (404, "unknown id"),
+                       (409, "the session is busy tracking, or an action does not fit its state"),
                        (422, "invalid input: out-of-bounds prompt, bad media, bad parameters"),
                        (503, "the model is not available (yet)")]
 }
@@ -236,15 +236,14 @@ async def delete_project(s: StudioDep, project_id: ProjectId) -> Response:
     if live is not None:
         _idle(live)
         s.sessions.close(live.id)
-    s.library.forget(project.media)
-    for path in s.store.delete_project(project_id):
-        s.library.delete_file(path)
+    s.library.forget(project.media, delete=s.store.delete_project(project_id))
     return Response(status_code=204)
 
 
-def get_frame(s: StudioDep, project_id: ProjectId, frame: FrameNo,
-              max_side: Annotated[int | None, Query(ge=16, le=8192, description="scale down to this longer side")] = None
-              ) -> Response:
+MaxSide = Annotated[int | None, Query(ge=16, le=8192, description="scale down to this longer side")]
+
+
+def get_frame(s: StudioDep, project_id: ProjectId, frame: FrameNo, max_side: MaxSide = None) -> Response:
     """Frame ``frame`` of the project's video (0: its image) as JPEG."""
     media = s.store.project(project_id).media
     data = jpeg(s.library.frame(media, frame), max_side)
@@ -255,7 +254,8 @@ async def get_masks(s: StudioDep, project_id: ProjectId, frame: FrameNo) -> Fram
     """Every object's saved mask on a frame."""
     project = s.store.project(project_id)
     if frame >= project.media.num_frames:
-        raise ApiError(404, "unknown_frame", f"frame {frame} does not exist: the media has {project.media.num_frames}")
+        raise ApiError(404, "unknown_frame",
+                       f"frame {frame} does not exist: the media has {project.media.num_frames}")
     return FrameMasks(frame=frame, masks=[mask_out(m) for m in s.store.masks(project_id, frame)])
 
 
@@ -263,7 +263,7 @@ def export(
     s: StudioDep,
     project_id: ProjectId,
     fmt: Annotated[ExportFormat, PathParam(description="what to export")],
-    obj_id: Annotated[int | None, Query(ge=1, le=MAX_OBJECTS, description="mask/cut-out: one object (default: all)")] = None,
+    obj_id: Annotated[int | None, Query(ge=1, le=MAX_OBJECTS, description="mask, cut-out: one object")] = None,
     frame: Annotated[int, Query(ge=0, le=10_000_000, description="single-frame formats: which frame")] = 0,
     max_side: Annotated[int, Query(ge=64, le=4096, description="GIF: longer side in pixels")] = 480,
 ) -> FileResponse:
@@ -298,7 +298,8 @@ async def close_session(s: StudioDep, session_id: SessionId) -> Response:
     return Response(status_code=204)
 
 
-async def add_object(s: StudioDep, session_id: SessionId, body: NewObject = Body(default_factory=NewObject)) -> ObjectInfo:
+async def add_object(s: StudioDep, session_id: SessionId,
+                     body: Annotated[NewObject, Body(default_factory=NewObject)]) -> ObjectInfo:
     """A new object (the next free id, its own colour)."""
     session = s.sessions.get(session_id)
     obj = s.store.add_object(session.pid, body.name)
@@ -325,7 +326,8 @@ async def delete_object(s: StudioDep, session_id: SessionId, obj_id: ObjId) -> R
     return Response(status_code=204)
 
 
-async def add_prompt(s: StudioDep, session_id: SessionId, obj_id: ObjId, prompt: Annotated[Prompt, Body()]) -> PromptResult:
+async def add_prompt(s: StudioDep, session_id: SessionId, obj_id: ObjId,
+                     prompt: Annotated[Prompt, Body()]) -> PromptResult:
     """A positive or negative click, or a box, for an object on a frame; returns its new mask
     (and the frame's other masks)."""
     session = _idle(s.sessions.get(session_id))
@@ -356,13 +358,18 @@ async def propagate(s: StudioDep, session_id: SessionId, body: PropagateRequest)
     session = _idle(s.sessions.get(session_id))
     if not isinstance(session, VideoTrackingSession):
         raise ApiError(422, "invalid_input", "only videos are tracked; an image's masks are final")
-    total, frames = await s.worker.run(session.propagation, body.direction, body.start_frame)
-    session.propagating, session.cancelled = True, False
+    session.propagating, session.cancelled = True, False  # before any await: one propagation at a time
+    try:
+        total, frames = await s.worker.run(session.propagation, body.direction, body.start_frame)
+    except BaseException:
+        session.propagating = False
+        raise
     return StreamingResponse(_stream(s, session, body.direction, total, frames), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-async def _stream(s: Studio, session: VideoTrackingSession, direction: str, total: int, frames) -> AsyncIterator[str]:
+async def _stream(s: Studio, session: VideoTrackingSession, direction: str, total: int,
+                  frames: Iterator[Tracked]) -> AsyncIterator[str]:
     done = 0
     started = time.perf_counter()
     try:
@@ -379,7 +386,7 @@ async def _stream(s: Studio, session: VideoTrackingSession, direction: str, tota
         yield _event("done", {"done": done, "total": total, "cancelled": session.cancelled,
                               "seconds": round(time.perf_counter() - started, 3)})
     except AnysegError as exc:
-        status, code = status_of(exc)
+        _, code = status_of(exc)
         yield _event("error", {"error": code, "detail": str(exc)})
     except Exception:
         log.exception("tracking failed")
@@ -465,46 +472,47 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
+def _file(description: str, *media_types: str) -> dict[int | str, dict[str, Any]]:
+    """The documented responses of a route that answers with a file."""
+    return {**ERRORS, 200: {"content": {t: {} for t in media_types}, "description": description}}
+
+
 def _add_routes(app: FastAPI) -> None:
-    add = app.add_api_route
-    add("/api/status", get_status, methods=["GET"], tags=["status"])
-    add("/api/model/load", load_model_again, methods=["POST"], tags=["status"])
-    add("/api/gallery", get_gallery, methods=["GET"], tags=["gallery"])
-    add("/api/gallery/{sample_id}/thumbnail", sample_thumbnail, methods=["GET"], tags=["gallery"],
-        response_class=Response, responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "a thumbnail"}})
-    add("/api/gallery/{sample_id}/sessions", open_sample, methods=["POST"], tags=["gallery"], status_code=201,
+    def add(path: str, endpoint, method: str, tag: str, **options) -> None:
+        options.setdefault("responses", ERRORS)
+        if options.get("status_code") == 204:
+            options["response_class"] = Response
+        app.add_api_route(path, endpoint, methods=[method], tags=[tag], **options)
+
+    add("/api/status", get_status, "GET", "status", responses={})
+    add("/api/model/load", load_model_again, "POST", "status", responses={})
+    add("/api/gallery", get_gallery, "GET", "gallery", responses={})
+    add("/api/gallery/{sample_id}/thumbnail", sample_thumbnail, "GET", "gallery", response_class=Response,
+        responses=_file("a thumbnail", "image/jpeg"))
+    add("/api/gallery/{sample_id}/sessions", open_sample, "POST", "gallery", status_code=201,
         responses={**ERRORS, 424: {"model": ErrorResponse, "description": "offline: the download failed"}})
-    add("/api/sessions", upload, methods=["POST"], tags=["sessions"], status_code=201, responses=SESSION_CREATED)
-    add("/api/projects", list_projects, methods=["GET"], tags=["projects"])
-    add("/api/projects/{project_id}", get_project, methods=["GET"], tags=["projects"], responses=ERRORS)
-    add("/api/projects/{project_id}", rename_project, methods=["PATCH"], tags=["projects"], responses=ERRORS)
-    add("/api/projects/{project_id}", delete_project, methods=["DELETE"], tags=["projects"], status_code=204,
-        responses=ERRORS, response_class=Response)
-    add("/api/projects/{project_id}/frames/{frame}", get_frame, methods=["GET"], tags=["projects"], responses={
-        **ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "the frame"}}, response_class=Response)
-    add("/api/projects/{project_id}/masks/{frame}", get_masks, methods=["GET"], tags=["projects"], responses=ERRORS)
-    add("/api/projects/{project_id}/export/{fmt}", export, methods=["GET"], tags=["exports"], response_class=FileResponse,
-        responses={**ERRORS, 200: {"content": {t: {} for t in sorted(set(MEDIA_TYPES.values()))},
-                                   "description": "the exported file"}})
-    add("/api/projects/{project_id}/sessions", open_project, methods=["POST"], tags=["projects"], responses=ERRORS)
-    add("/api/sessions/{session_id}", get_session, methods=["GET"], tags=["sessions"], responses=ERRORS)
-    add("/api/sessions/{session_id}", close_session, methods=["DELETE"], tags=["sessions"], status_code=204,
-        responses=ERRORS, response_class=Response)
-    add("/api/sessions/{session_id}/objects", add_object, methods=["POST"], tags=["objects"], status_code=201,
-        responses=ERRORS)
-    add("/api/sessions/{session_id}/objects/{obj_id}", update_object, methods=["PATCH"], tags=["objects"],
-        responses=ERRORS)
-    add("/api/sessions/{session_id}/objects/{obj_id}", delete_object, methods=["DELETE"], tags=["objects"],
-        status_code=204, responses=ERRORS, response_class=Response)
-    add("/api/sessions/{session_id}/objects/{obj_id}/prompts", add_prompt, methods=["POST"], tags=["objects"],
-        responses=ERRORS)
-    add("/api/sessions/{session_id}/objects/{obj_id}/undo", undo, methods=["POST"], tags=["objects"], responses=ERRORS)
-    add("/api/sessions/{session_id}/objects/{obj_id}/clear", clear, methods=["POST"], tags=["objects"], responses=ERRORS)
-    add("/api/sessions/{session_id}/propagate", propagate, methods=["POST"], tags=["tracking"],
-        response_class=StreamingResponse, responses={
-            **ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "start, frame…, done events"}})
-    add("/api/sessions/{session_id}/propagate/cancel", cancel_propagation, methods=["POST"], tags=["tracking"],
-        status_code=204, responses=ERRORS, response_class=Response)
+    add("/api/sessions", upload, "POST", "sessions", status_code=201, responses=SESSION_CREATED)
+    add("/api/projects", list_projects, "GET", "projects", responses={})
+    add("/api/projects/{project_id}", get_project, "GET", "projects")
+    add("/api/projects/{project_id}", rename_project, "PATCH", "projects")
+    add("/api/projects/{project_id}", delete_project, "DELETE", "projects", status_code=204)
+    add("/api/projects/{project_id}/frames/{frame}", get_frame, "GET", "projects", response_class=Response,
+        responses=_file("the frame", "image/jpeg"))
+    add("/api/projects/{project_id}/masks/{frame}", get_masks, "GET", "projects")
+    add("/api/projects/{project_id}/export/{fmt}", export, "GET", "exports", response_class=FileResponse,
+        responses=_file("the exported file", *sorted(set(MEDIA_TYPES.values()))))
+    add("/api/projects/{project_id}/sessions", open_project, "POST", "projects")
+    add("/api/sessions/{session_id}", get_session, "GET", "sessions")
+    add("/api/sessions/{session_id}", close_session, "DELETE", "sessions", status_code=204)
+    add("/api/sessions/{session_id}/objects", add_object, "POST", "objects", status_code=201)
+    add("/api/sessions/{session_id}/objects/{obj_id}", update_object, "PATCH", "objects")
+    add("/api/sessions/{session_id}/objects/{obj_id}", delete_object, "DELETE", "objects", status_code=204)
+    add("/api/sessions/{session_id}/objects/{obj_id}/prompts", add_prompt, "POST", "objects")
+    add("/api/sessions/{session_id}/objects/{obj_id}/undo", undo, "POST", "objects")
+    add("/api/sessions/{session_id}/objects/{obj_id}/clear", clear, "POST", "objects")
+    add("/api/sessions/{session_id}/propagate", propagate, "POST", "tracking", response_class=StreamingResponse,
+        responses=_file("Server-Sent Events: start, frame…, done", "text/event-stream"))
+    add("/api/sessions/{session_id}/propagate/cancel", cancel_propagation, "POST", "tracking", status_code=204)
 
 
 def create_app(settings: ServerSettings | None = None, model=None) -> FastAPI:

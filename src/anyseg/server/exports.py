@@ -87,17 +87,20 @@ class Exporter:
         if fmt in (ExportFormat.overlay_mp4, ExportFormat.overlay_gif) and self.media.kind != "video":
             raise InvalidInputError(f"{fmt.value} needs a video project; export overlay.png for an image")
         if not 0 <= frame < self.media.num_frames:
-            raise InvalidInputError(f"frame {frame} is past the end: the {self.media.kind} has {self.media.num_frames} frame(s)")
+            raise InvalidInputError(f"frame {frame} is past the end: the {self.media.kind} has "
+                                    f"{self.media.num_frames} frame(s)")
+        fps = self.media.fps or 24.0
         {
             ExportFormat.mask_png: lambda: save_mask_png(path, self._selected(frame, obj_id)),
-            ExportFormat.cutout_png: lambda: save_rgba_png(path, cutout(self._frame(frame), self._selected(frame, obj_id))),
+            ExportFormat.cutout_png: lambda: save_rgba_png(path, cutout(self._frame(frame),
+                                                                        self._selected(frame, obj_id))),
             ExportFormat.overlay_png: lambda: self._overlay_png(path, frame),
             ExportFormat.coco_json: lambda: write_json_atomic(path, self._coco()),
             ExportFormat.yolo_txt: lambda: self._yolo_txt(path, frame),
             ExportFormat.yolo_zip: lambda: self._yolo_zip(path),
             ExportFormat.davis_zip: lambda: self._davis_zip(path),
-            ExportFormat.overlay_mp4: lambda: write_video(path, self._overlays(), fps=self.media.fps or 24.0),
-            ExportFormat.overlay_gif: lambda: write_gif(path, self._overlays(max_side), fps=min(self.media.fps or 10.0, 25.0)),
+            ExportFormat.overlay_mp4: lambda: write_video(path, self._overlays(), fps=fps),
+            ExportFormat.overlay_gif: lambda: write_gif(path, self._overlays(max_side), fps=min(fps, 25.0)),
         }[fmt]()
 
     # ------------------------------------------------------------------ helpers

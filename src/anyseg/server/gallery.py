@@ -38,13 +38,14 @@ class Sample:
 
 SAMPLES = (
     Sample("truck", "Truck", "image", "images/truck.jpg", f"{_RAW}/sam2/main/notebooks/images/truck.jpg"),
-    Sample("groceries", "Groceries", "image", "images/groceries.jpg", f"{_RAW}/sam2/main/notebooks/images/groceries.jpg"),
+    Sample("groceries", "Groceries", "image", "images/groceries.jpg",
+           f"{_RAW}/sam2/main/notebooks/images/groceries.jpg"),
     Sample("cars", "Cars", "image", "images/cars.jpg", f"{_RAW}/sam2/main/notebooks/images/cars.jpg"),
     Sample("dog", "Dog", "image", "images/dog.jpg", f"{_RAW}/segment-anything/main/notebooks/images/dog.jpg"),
-    Sample("bedroom", "Bedroom (200 frames)", "video", "videos/bedroom.mp4",
+    Sample("bedroom", "Bedroom", "video", "videos/bedroom.mp4",
            f"{_RAW}/sam2/main/notebooks/videos/bedroom.mp4"),
-    Sample("dog-video", "Dog (clip)", "video", "videos/01_dog.mp4", f"{_RAW}/sam2/main/demo/data/gallery/01_dog.mp4"),
-    Sample("coffee", "Coffee (clip)", "video", "videos/04_coffee.mp4",
+    Sample("dog-video", "Dog walk", "video", "videos/01_dog.mp4", f"{_RAW}/sam2/main/demo/data/gallery/01_dog.mp4"),
+    Sample("coffee", "Coffee", "video", "videos/04_coffee.mp4",
            f"{_RAW}/sam2/main/demo/data/gallery/04_coffee.mp4"),
 )
 

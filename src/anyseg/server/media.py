@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -31,6 +31,15 @@ from anyseg.server.store import Media, new_id
 # "not a video": ISO BMFF (mp4, mov), Matroska/WebM, AVI.
 _VIDEO_MAGIC = (re.compile(rb"^.{4}(ftyp|moov|mdat|wide|free)", re.S), re.compile(rb"^\x1a\x45\xdf\xa3"),
                 re.compile(rb"^RIFF.{4}AVI ", re.S))
+
+
+class _Probe(NamedTuple):
+    kind: str
+    ext: str  # the file name extension to store it under
+    width: int
+    height: int
+    num_frames: int
+    fps: float | None
 
 
 @dataclass(frozen=True)
@@ -95,17 +104,17 @@ class MediaLibrary:
         return f"the upload is larger than the limit of {self.limits.max_upload_bytes / 2**20:.4g} MiB"
 
     def _adopt(self, path: Path, filename: str, sha256: str, move: bool) -> Media:
-        kind, ext, width, height, num_frames, fps = self._probe(path, filename)
+        probe = self._probe(path, filename)
         if move:
-            final = self.data_dir / "media" / f"{sha256}{ext}"
+            final = self.data_dir / "media" / f"{sha256}{probe.ext}"
             os.replace(path, final)
-            rel = final.relative_to(self.data_dir).as_posix()
-        else:
-            rel = path.relative_to(self.data_dir).as_posix()
-        return Media(new_id(), kind, filename, rel, sha256, width, height, num_frames, fps)
+            path = final
+        rel = path.relative_to(self.data_dir).as_posix()
+        return Media(new_id(), probe.kind, filename, rel, sha256, probe.width, probe.height, probe.num_frames,
+                     probe.fps)
 
-    def _probe(self, path: Path, filename: str) -> tuple[str, str, int, int, int, float | None]:
-        """``(kind, extension, width, height, frames, fps)`` of a file, or a clear error."""
+    def _probe(self, path: Path, filename: str) -> _Probe:
+        """What the file is, or a clear error."""
         try:
             with open_pil(path) as (image, _):
                 width, height, fmt = image.width, image.height, (image.format or "png").lower()
@@ -115,12 +124,13 @@ class MediaLibrary:
             return self._probe_video(path, filename)
         self._check_pixels(filename, width, height)
         try:
-            load_image(path)  # decodes fully: truncated or corrupt images fail here
+            rgb = load_image(path)  # decodes fully (truncated or corrupt images fail) and turns it upright
         except MediaError as exc:
             raise _renamed(exc, path, filename) from None
-        return "image", "." + {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt), width, height, 1, None
+        ext = "." + {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt)
+        return _Probe("image", ext, rgb.shape[1], rgb.shape[0], 1, None)
 
-    def _probe_video(self, path: Path, filename: str) -> tuple[str, str, int, int, int, float | None]:
+    def _probe_video(self, path: Path, filename: str) -> _Probe:
         try:
             video = open_video(str(path), cache_size=1)
         except MediaError as exc:
@@ -129,15 +139,16 @@ class MediaLibrary:
             if any(m.match(head) for m in _VIDEO_MAGIC):
                 raise MediaError(f"{filename} is a video that cannot be read: it is truncated or damaged "
                                  f"({_renamed(exc, path, filename)})") from None
-            raise ApiError(415, "unsupported_media", f"{filename} is neither an image nor a video anyseg can read") from None
+            raise ApiError(415, "unsupported_media",
+                           f"{filename} is neither an image nor a video anyseg can read") from None
         with video:
             self._check_pixels(filename, video.width, video.height)
             if video.num_frames > self.limits.max_video_frames:
                 raise MediaError(f"{filename} has {video.num_frames} frames; the studio takes at most "
                                  f"{self.limits.max_video_frames}")
             ext = os.path.splitext(filename)[1].lower()
-            return "video", ext if re.fullmatch(r"\.[a-z0-9]{1,5}", ext) else ".mp4", video.width, video.height, \
-                video.num_frames, video.fps
+            ext = ext if re.fullmatch(r"\.[a-z0-9]{1,5}", ext) else ".mp4"
+            return _Probe("video", ext, video.width, video.height, video.num_frames, video.fps)
 
     def _check_pixels(self, filename: str, width: int, height: int) -> None:
         if width * height > self.limits.max_pixels:
@@ -162,17 +173,22 @@ class MediaLibrary:
                 self._sources.popitem(last=False)[1].close()
             return source
 
-    def forget(self, media: Media) -> None:
-        """Close a video's decoder, if one is open."""
+    def embedding_path(self, media: Media) -> Path:
+        """Where the image embedding of ``media`` is cached."""
+        return self.data_dir / "embeddings" / f"{media.sha256}.pt"
+
+    def forget(self, media: Media, delete: bool) -> None:
+        """Close a video's decoder; with ``delete``, also delete the uploaded file (gallery
+        files stay) and the cached embedding."""
         with self._lock:
             source = self._sources.pop(media.id, None)
         if source is not None:
             source.close()
-
-    def delete_file(self, rel_path: str) -> None:
-        path = self.data_dir / rel_path
-        if path.parent == self.data_dir / "media":
-            path.unlink(missing_ok=True)
+        if delete:
+            path = self.path(media)
+            if path.parent == self.data_dir / "media":
+                path.unlink(missing_ok=True)
+            self.embedding_path(media).unlink(missing_ok=True)
 
     def close(self) -> None:
         with self._lock:

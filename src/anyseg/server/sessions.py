@@ -19,7 +19,6 @@ import logging
 import secrets
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +36,9 @@ from anyseg.server.store import Project, Store, StoredMask
 from anyseg.server.worker import InferenceWorker, ModelHolder
 
 log = logging.getLogger("anyseg.server")
+
+Tracked = tuple[str, int, list[StoredMask]]
+"""One frame of a propagation: the pass (``forward`` / ``backward``), the frame, its masks."""
 
 
 def color_hex(obj_id: int) -> str:
@@ -95,7 +97,26 @@ class StudioSession:
         if frame >= n:
             raise InvalidInputError(f"frame {frame} is past the end: the {self.kind} has {n} frame(s)")
 
-    # Subclasses: add_prompt, undo, clear, delete_object, close.
+    def add_prompt(self, obj_id: int, prompt: dict) -> PromptResult:
+        """Add a click or box (a :class:`~anyseg.server.schemas.PointPrompt` / ``BoxPrompt`` as a
+        dict) for an object, predict its mask, and store both."""
+        raise NotImplementedError
+
+    def undo(self, obj_id: int, frame: int) -> PromptResult:
+        """Remove the object's last prompt on ``frame`` and predict its mask without it."""
+        raise NotImplementedError
+
+    def clear(self, obj_id: int) -> None:
+        """Remove every prompt and mask of the object."""
+        raise NotImplementedError
+
+    def delete_object(self, obj_id: int) -> None:
+        """Forget the object with its prompts and masks."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the model state (embedding, tracker); the session is unusable afterwards."""
+        raise NotImplementedError
 
 
 class ImageSession(StudioSession):
@@ -110,11 +131,10 @@ class ImageSession(StudioSession):
         self._predictions: dict[int, Prediction] = {}
 
     @classmethod
-    def open(cls, session_id: str, project: Project, store: Store, model, library: MediaLibrary,
-             embeddings: Path) -> ImageSession:
+    def open(cls, session_id: str, project: Project, store: Store, model, library: MediaLibrary) -> ImageSession:
         """Embed the image, or read its embedding back from the cache."""
         predictor = ImagePredictor(model)
-        cached = embeddings / f"{project.media.sha256}.pt"
+        cached = library.embedding_path(project.media)
         try:
             predictor.load_embedding(cached)
             if predictor.image_size != (project.media.height, project.media.width):
@@ -226,7 +246,8 @@ class VideoTrackingSession(StudioSession):
         self._ensure_replayed()
         prompts = [p for _, _, p in self.store.prompts(self.pid, obj_id, frame)] + [_without_frame(prompt)]
         result = self._prompt_tracker(obj_id, frame, prompts)
-        self.store.record_prompt(self.pid, obj_id, frame, _without_frame(prompt), [self._store_frame(obj_id, frame, result)])
+        mask = self._store_frame(obj_id, frame, result)
+        self.store.record_prompt(self.pid, obj_id, frame, _without_frame(prompt), [mask])
         return self.result(obj_id, frame)
 
     def undo(self, obj_id: int, frame: int) -> PromptResult:
@@ -260,7 +281,7 @@ class VideoTrackingSession(StudioSession):
         self.clear(obj_id)
         self.store.delete_object(self.pid, obj_id)
 
-    def propagation(self, direction: str, start: int | None) -> tuple[int, Iterator[tuple[str, int, list[StoredMask]]]]:
+    def propagation(self, direction: str, start: int | None) -> tuple[int, Iterator[Tracked]]:
         """How many frames tracking in ``direction`` visits, and an iterator of the results,
         ``(pass, frame, masks)`` frame by frame, each stored before it is yielded (``pass`` is
         ``forward`` or ``backward``). Call it and advance the iterator on the inference thread only."""
@@ -275,10 +296,11 @@ class VideoTrackingSession(StudioSession):
         passes = {"forward": [("forward", first)], "backward": [("backward", last)],
                   "both": [("forward", first), ("backward", first)]}[direction]
         n = self.project.media.num_frames
-        total = sum(n - f if name == "forward" else f + 1 for name, f in passes)
+        # forward from f visits f..n-1; backward from f visits f..0, and nothing from 0 (as the predictor)
+        total = sum(n - f if name == "forward" else (f + 1 if f > 0 else 0) for name, f in passes)
         return total, self._propagate(passes)
 
-    def _propagate(self, passes: list[tuple[str, int]]) -> Iterator[tuple[str, int, list[StoredMask]]]:
+    def _propagate(self, passes: list[tuple[str, int]]) -> Iterator[Tracked]:
         for name, first in passes:
             for result in self.tracker.propagate(start=first, reverse=name == "backward"):
                 masks = [mask_record(o, result.frame, m, float(s))
@@ -298,12 +320,11 @@ class SessionManager:
     """The live sessions: created on the inference thread, found by id, evicted when idle."""
 
     def __init__(self, store: Store, worker: InferenceWorker, holder: ModelHolder, library: MediaLibrary,
-                 embeddings: Path, ttl_s: float, max_sessions: int) -> None:
+                 ttl_s: float, max_sessions: int) -> None:
         self.store = store
         self.worker = worker
         self.holder = holder
         self.library = library
-        self.embeddings = embeddings
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
         self._sessions: dict[str, StudioSession] = {}
@@ -333,14 +354,15 @@ class SessionManager:
                 return live
             model = self.holder.require()
             if project.media.kind == "video" and model.family != "sam2":
-                raise ApiError(422, "needs_sam2", "video tracking needs a SAM 2 model; serve one with --model sam2.1-tiny")
+                raise ApiError(422, "needs_sam2",
+                               "video tracking needs a SAM 2 model; serve one with --model sam2.1-tiny")
             self._make_room()
             session_id = secrets.token_urlsafe(24)
             if project.media.kind == "image":
-                session = await self.worker.run(ImageSession.open, session_id, project, self.store, model,
-                                                self.library, self.embeddings)
+                kind = ImageSession.open
             else:
-                session = await self.worker.run(VideoTrackingSession, session_id, project, self.store, model, self.library)
+                kind = VideoTrackingSession
+            session = await self.worker.run(kind, session_id, project, self.store, model, self.library)
             self._sessions[session_id] = session
             return session
 

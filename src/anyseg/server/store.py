@@ -24,6 +24,8 @@ from anyseg.server.errors import ApiError, not_found
 MAX_OBJECTS = 255
 """Object ids are 1..255: the label values of DAVIS-palette PNGs."""
 
+_OBJECT = "WHERE project_id = ? AND obj_id = ?"  # the rows of one object
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS media (
     id TEXT PRIMARY KEY,
@@ -190,15 +192,15 @@ class Store:
             db.execute("UPDATE projects SET name = ?, updated = ? WHERE id = ?", (name, time.time(), project_id))
         return self.project(project_id)
 
-    def delete_project(self, project_id: str) -> list[str]:
-        """Delete a project with its annotations; returns the media paths no project uses any
-        more (the caller deletes the files)."""
+    def delete_project(self, project_id: str) -> bool:
+        """Delete a project with its annotations; returns whether its media file is now unused
+        (the caller deletes it)."""
         media = self.project(project_id).media
         with self._tx() as db:
             db.execute("DELETE FROM projects WHERE id = ?", (project_id,))
             db.execute("DELETE FROM media WHERE id = ?", (media.id,))
             still_used = db.execute("SELECT 1 FROM media WHERE path = ?", (media.path,)).fetchone()
-        return [] if still_used else [media.path]
+        return still_used is None
 
     def _touch(self, db: sqlite3.Connection, project_id: str) -> None:
         db.execute("UPDATE projects SET updated = ? WHERE id = ?", (time.time(), project_id))
@@ -216,12 +218,12 @@ class Store:
         return StoredObject(free, name or f"object {free}", None)
 
     def objects(self, project_id: str) -> list[StoredObject]:
-        rows = self._query("SELECT obj_id, name, choice FROM objects WHERE project_id = ? ORDER BY obj_id", (project_id,))
+        rows = self._query("SELECT obj_id, name, choice FROM objects WHERE project_id = ? ORDER BY obj_id",
+                           (project_id,))
         return [StoredObject(r["obj_id"], r["name"], r["choice"]) for r in rows]
 
     def object(self, project_id: str, obj_id: int) -> StoredObject:
-        rows = self._query("SELECT obj_id, name, choice FROM objects WHERE project_id = ? AND obj_id = ?",
-                           (project_id, obj_id))
+        rows = self._query(f"SELECT obj_id, name, choice FROM objects {_OBJECT}", (project_id, obj_id))
         if not rows:
             raise not_found("object", f"the project has no object {obj_id}")
         return StoredObject(rows[0]["obj_id"], rows[0]["name"], rows[0]["choice"])
@@ -230,26 +232,28 @@ class Store:
                       choice: int | None = None) -> None:
         with self._tx() as db:
             if name is not None:
-                db.execute("UPDATE objects SET name = ? WHERE project_id = ? AND obj_id = ?", (name, project_id, obj_id))
+                db.execute(f"UPDATE objects SET name = ? {_OBJECT}", (name, project_id, obj_id))
             if choice is not None:
-                db.execute("UPDATE objects SET choice = ? WHERE project_id = ? AND obj_id = ?", (choice, project_id, obj_id))
+                db.execute(f"UPDATE objects SET choice = ? {_OBJECT}", (choice, project_id, obj_id))
             self._touch(db, project_id)
 
     def delete_object(self, project_id: str, obj_id: int) -> None:
         """Delete an object with its prompts and masks."""
         with self._tx() as db:
-            db.execute("DELETE FROM objects WHERE project_id = ? AND obj_id = ?", (project_id, obj_id))
+            db.execute(f"DELETE FROM objects {_OBJECT}", (project_id, obj_id))
             self._touch(db, project_id)
 
     # -------------------------------------------------------------------- prompts
-    def prompts(self, project_id: str, obj_id: int | None = None, frame: int | None = None) -> list[tuple[int, int, dict]]:
+    def prompts(self, project_id: str, obj_id: int | None = None,
+                frame: int | None = None) -> list[tuple[int, int, dict]]:
         """``(obj_id, frame, prompt)`` in the order given, optionally of one object / frame."""
         sql, args = "SELECT obj_id, frame, data FROM prompts WHERE project_id = ?", [project_id]
         if obj_id is not None:
             sql, args = sql + " AND obj_id = ?", args + [obj_id]
         if frame is not None:
             sql, args = sql + " AND frame = ?", args + [frame]
-        return [(r["obj_id"], r["frame"], json.loads(r["data"])) for r in self._query(sql + " ORDER BY id", tuple(args))]
+        rows = self._query(sql + " ORDER BY id", tuple(args))
+        return [(r["obj_id"], r["frame"], json.loads(r["data"])) for r in rows]
 
     def record_prompt(self, project_id: str, obj_id: int, frame: int, prompt: dict,
                       masks: list[StoredMask], choice: int | None = None) -> None:
@@ -257,7 +261,7 @@ class Store:
         with self._tx() as db:
             db.execute("INSERT INTO prompts (project_id, obj_id, frame, data) VALUES (?, ?, ?, ?)",
                        (project_id, obj_id, frame, json.dumps(prompt)))
-            db.execute("UPDATE objects SET choice = ? WHERE project_id = ? AND obj_id = ?", (choice, project_id, obj_id))
+            db.execute(f"UPDATE objects SET choice = ? {_OBJECT}", (choice, project_id, obj_id))
             self._put_masks(db, project_id, masks)
             self._touch(db, project_id)
 
@@ -265,7 +269,7 @@ class Store:
         """Remove and return the object's last prompt on ``frame`` (``None`` if it has none)."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT id, data FROM prompts WHERE project_id = ? AND obj_id = ? AND frame = ? ORDER BY id DESC LIMIT 1",
+                f"SELECT id, data FROM prompts {_OBJECT} AND frame = ? ORDER BY id DESC LIMIT 1",
                 (project_id, obj_id, frame),
             ).fetchone()
             if row is None:
@@ -277,9 +281,9 @@ class Store:
     def clear_object(self, project_id: str, obj_id: int) -> None:
         """Remove every prompt and mask of an object (the object stays)."""
         with self._tx() as db:
-            db.execute("DELETE FROM prompts WHERE project_id = ? AND obj_id = ?", (project_id, obj_id))
-            db.execute("DELETE FROM masks WHERE project_id = ? AND obj_id = ?", (project_id, obj_id))
-            db.execute("UPDATE objects SET choice = NULL WHERE project_id = ? AND obj_id = ?", (project_id, obj_id))
+            db.execute(f"DELETE FROM prompts {_OBJECT}", (project_id, obj_id))
+            db.execute(f"DELETE FROM masks {_OBJECT}", (project_id, obj_id))
+            db.execute(f"UPDATE objects SET choice = NULL {_OBJECT}", (project_id, obj_id))
             self._touch(db, project_id)
 
     # ---------------------------------------------------------------------- masks
@@ -290,10 +294,9 @@ class Store:
         ``(obj_id, index)`` to record with them."""
         with self._tx() as db:
             for obj_id, frame in delete:
-                db.execute("DELETE FROM masks WHERE project_id = ? AND obj_id = ? AND frame = ?", (project_id, obj_id, frame))
+                db.execute(f"DELETE FROM masks {_OBJECT} AND frame = ?", (project_id, obj_id, frame))
             if choice is not None:
-                db.execute("UPDATE objects SET choice = ? WHERE project_id = ? AND obj_id = ?",
-                           (choice[1], project_id, choice[0]))
+                db.execute(f"UPDATE objects SET choice = ? {_OBJECT}", (choice[1], project_id, choice[0]))
             self._put_masks(db, project_id, masks)
             self._touch(db, project_id)
 
@@ -304,17 +307,14 @@ class Store:
             [(project_id, m.obj_id, m.frame, json.dumps(m.rle), m.area, m.score) for m in masks],
         )
 
-    def delete_masks(self, project_id: str, obj_id: int) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM masks WHERE project_id = ? AND obj_id = ?", (project_id, obj_id))
-
     @staticmethod
     def _mask(row: sqlite3.Row) -> StoredMask:
         return StoredMask(row["obj_id"], row["frame"], json.loads(row["rle"]), row["area"], row["score"])
 
     def masks(self, project_id: str, frame: int) -> list[StoredMask]:
         """Every object's mask on ``frame``, by object id."""
-        rows = self._query("SELECT * FROM masks WHERE project_id = ? AND frame = ? ORDER BY obj_id", (project_id, frame))
+        rows = self._query("SELECT * FROM masks WHERE project_id = ? AND frame = ? ORDER BY obj_id",
+                           (project_id, frame))
         return [self._mask(r) for r in rows]
 
     def all_masks(self, project_id: str) -> Iterator[StoredMask]:
@@ -322,7 +322,8 @@ class Store:
         last = (-1, -1)
         while True:
             rows = self._query(
-                "SELECT * FROM masks WHERE project_id = ? AND (frame, obj_id) > (?, ?) ORDER BY frame, obj_id LIMIT 256",
+                "SELECT * FROM masks WHERE project_id = ? AND (frame, obj_id) > (?, ?) "
+                "ORDER BY frame, obj_id LIMIT 256",
                 (project_id, *last),
             )
             if not rows:

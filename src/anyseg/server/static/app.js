@@ -112,7 +112,9 @@ async function loadStatus() {
   const banner = $("model-banner");
   banner.hidden = model.state !== "unavailable";
   if (model.state === "unavailable") {
-    $("model-banner-title").textContent = `The model ${model.name} is not available.`;
+    $("model-banner-title").textContent = model.download_url
+      ? `The weights of ${model.name} are missing.`
+      : `The model ${model.name} is not available.`;
     $("model-banner-detail").textContent = model.detail || "";
     $("model-banner-download").hidden = !model.download_url;
     if (model.download_url) {
@@ -151,7 +153,7 @@ async function loadGallery() {
     const label = document.createElement("div");
     label.className = "label";
     label.innerHTML = `<span></span><small>${sample.kind}</small>`;
-    label.firstChild.textContent = sample.title.replace(/ \(.*\)$/, "");
+    label.firstChild.textContent = sample.title;
     button.append(thumb, label);
     button.addEventListener("click", () => openSample(sample));
     box.append(button);
@@ -593,7 +595,7 @@ function chooseCandidate(index) {
   const obj = state.objects.get(state.selected);
   if (!obj || index >= obj.candidates.length) return;
   enqueue(async () => {
-    applyResult(await sessionApi("PATCH", `/objects/${obj.obj_id}`, { choice: index, frame: state.frame }));
+    applyResult(await withBusy("Choosing…", sessionApi("PATCH", `/objects/${obj.obj_id}`, { choice: index, frame: state.frame })));
   });
 }
 
