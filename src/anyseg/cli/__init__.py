@@ -20,6 +20,7 @@ COMMANDS = [
     "anyseg.cli.track",
     "anyseg.cli.models",
     "anyseg.cli.eval",
+    "anyseg.cli.bench",
     "anyseg.cli.serve",
 ]
 

@@ -1,0 +1,166 @@
+"""Time the official predictors on one benchmark task (the official side of ``anyseg bench``).
+
+Run by the python of an environment that has torch and torchvision (plus hydra-core,
+iopath and omegaconf for SAM 2, timm for MobileSAM), never by anyseg's: ::
+
+    OFFICIAL_PYTHON benchmarks/official_driver.py TASK_JSON
+
+``TASK_JSON`` is a task of :class:`anyseg.bench.Task`. Its ``source`` is the root of an
+official source tree (facebookresearch/sam2, facebookresearch/segment-anything or
+ChaoningZhang/MobileSAM): it is put on ``sys.path`` and imported from there, nothing is
+installed or compiled. The model is built by the official builder from its official
+config and loads ``weights`` (the official checkpoint format) strictly; then the task is
+measured the way :func:`anyseg.bench.measure` measures it on anyseg's side, and the
+result is written as JSON to the task's ``result`` path.
+
+This file imports nothing from anyseg: it must run in a separate environment.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+# anyseg preset -> official SAM 2 config (inside the sam2 package)
+SAM2_CONFIGS = {
+    f"sam2{v}_hiera_{s}": f"configs/sam2{v}/sam2{v}_hiera_{s}.yaml"
+    for v in ("", ".1") for s in ("t", "s", "b+", "l")
+}
+# anyseg preset -> (official package, its model-registry key)
+SAM1_MODELS = {
+    "sam_vit_b": ("segment_anything", "vit_b"),
+    "sam_vit_l": ("segment_anything", "vit_l"),
+    "sam_vit_h": ("segment_anything", "vit_h"),
+    "mobile_sam_vit_t": ("mobile_sam", "vit_t"),
+}
+
+
+def timed(fn, iters: int, warmup: int) -> list[float]:
+    """Wall times in seconds of ``iters`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def load_image(path: str) -> np.ndarray:
+    """An image file as an ``(H, W, 3)`` uint8 RGB array."""
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def is_sam2(task: dict) -> bool:
+    """Whether the task's model is a SAM 2 / 2.1 one."""
+    return task["model"].startswith("sam2")
+
+
+def build_image_model(task: dict):
+    """The official model of ``task["model"]`` with the task's weights, in eval mode."""
+    if is_sam2(task):
+        from sam2.build_sam import build_sam2
+
+        return build_sam2(SAM2_CONFIGS[task["model"]], task["weights"], device="cpu")
+    package, key = SAM1_MODELS[task["model"]]
+    registry = __import__(package).sam_model_registry
+    return registry[key](checkpoint=task["weights"]).eval()
+
+
+def image_predictor(model, task: dict):
+    """The official image predictor of the task's family around ``model``."""
+    if is_sam2(task):
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        return SAM2ImagePredictor(model)
+    return __import__(SAM1_MODELS[task["model"]][0]).SamPredictor(model)
+
+
+def mask_generator(model, task: dict):
+    """The official automatic mask generator at its defaults (32 x 32 grid, no crops)."""
+    if is_sam2(task):
+        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+        return SAM2AutomaticMaskGenerator(model)
+    return __import__(SAM1_MODELS[task["model"]][0]).SamAutomaticMaskGenerator(model)
+
+
+def measure(task: dict) -> dict:
+    """Run the task on the official predictors; the same protocol as anyseg's side."""
+    measure_name = task["measure"]
+    if measure_name in ("encode", "click", "memory"):
+        image = load_image(task["image"])
+        pred = image_predictor(build_image_model(task), task)
+        clicks = [np.asarray([c], dtype=np.float32) for c in task["clicks"]]
+        label = np.asarray([1], dtype=np.int32)
+        if measure_name == "encode":
+            return {"samples": timed(lambda: pred.set_image(image), task["iters"], task["warmup"])}
+        pred.set_image(image)
+        if measure_name == "memory":
+            pred.predict(point_coords=clicks[0], point_labels=label, multimask_output=True)
+            return {"samples": [peak_rss_mib()]}
+        _, scores, _ = pred.predict(point_coords=clicks[0], point_labels=label, multimask_output=True)
+        cycle = itertools.cycle(clicks)
+        times = timed(lambda: pred.predict(point_coords=next(cycle), point_labels=label, multimask_output=True),
+                      task["iters"], task["warmup"])
+        return {"samples": [1000 * t for t in times], "check": {"scores": np.asarray(scores).tolist()}}
+    if measure_name == "everything":
+        image = load_image(task["everything_image"])
+        generator = mask_generator(build_image_model(task), task)
+        generator.predictor.set_image(image)  # warm-up, as on anyseg's side
+        records: list = []
+        times = timed(lambda: records.append(len(generator.generate(image))), task["iters"], 0)
+        return {"samples": times, "check": {"masks": records[-1]}}
+    if measure_name == "video":
+        return measure_video(task)
+    raise ValueError(f"unknown measure {measure_name!r}")
+
+
+def measure_video(task: dict) -> dict:
+    """Frames per second of the official video predictor over ``frames`` frames after the
+    prompted one (the first, already segmented frame excluded, as on anyseg's side)."""
+    from sam2.build_sam import build_sam2_video_predictor
+
+    predictor = build_sam2_video_predictor(SAM2_CONFIGS[task["model"]], task["weights"], device="cpu")
+    with torch.inference_mode():
+        state = predictor.init_state(task["frames_dir"])
+        for prompt in task["prompts"][: task["objects"]]:
+            predictor.add_new_points_or_box(
+                state, frame_idx=0, obj_id=prompt["obj_id"],
+                points=None if "points" not in prompt else np.asarray(prompt["points"], dtype=np.float32),
+                labels=None if "labels" not in prompt else np.asarray(prompt["labels"], dtype=np.int32),
+                box=None if "box" not in prompt else np.asarray(prompt["box"], dtype=np.float32),
+            )
+        stamps, masks = [], None
+        for _, _, masks in predictor.propagate_in_video(state, max_frame_num_to_track=task["frames"]):
+            stamps.append(time.perf_counter())
+    fps = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    return {"samples": [fps], "check": {"areas": [int((m > 0).sum()) for m in masks]}}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux: ``ru_maxrss`` is KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    """Run the task given as JSON on the command line; write its result file."""
+    task = json.loads(sys.argv[1])
+    sys.path.insert(0, task["source"])
+    torch.set_num_threads(task["threads"])
+    result = measure(task)
+    result.update(peak_rss_mib=peak_rss_mib(), torch=torch.__version__, threads=torch.get_num_threads())
+    Path(task["result"]).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,584 @@
+"""Speed benchmark of anyseg's predictors, optionally side by side with the official code.
+
+Measures, per model (random weights in the official architecture and checkpoint format:
+speed does not depend on the values):
+
+* ``encode``: image encode, seconds (``ImagePredictor.set_image``);
+* ``click``: click-to-mask latency with a cached embedding, milliseconds (one
+  foreground click, three masks, masks at the image's resolution);
+* ``everything``: segment-everything, seconds per image (``MaskGenerator`` at the
+  official defaults: a 32 x 32 grid, no crops);
+* ``video``: video tracking, frames per second with 1 and with 3 objects (SAM 2 only);
+* ``memory``: peak resident memory of a process that loads the model, embeds one image
+  and answers one click, MiB.
+
+Every measurement runs in its own process, so each peak resident memory is its own. With
+an official source tree and a python that has torch + torchvision, the same measurement
+also runs in ``benchmarks/official_driver.py`` on the official predictors, with the same
+weights file, inputs and thread count. The two sides are interleaved, repeat by repeat,
+alternating which goes first, and the medians over all repeats are compared: the ratio
+is the official time over ours (for frames per second, ours over the official rate), so
+above 1 means anyseg is faster (or, for memory, smaller).
+
+A measurement is described by a JSON *task* that both sides read (see :class:`Task`);
+``python -m anyseg.bench TASK_JSON`` runs one on anyseg's side.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+MODELS = ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "mobile_sam_vit_t", "sam_vit_b")
+MEASURES = ("encode", "click", "everything", "video", "memory")
+VIDEO_OBJECTS = (1, 3)
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO.parent / "shared" / "samples"
+DEFAULT_IMAGE = SAMPLES / "images" / "truck.jpg"
+DEFAULT_EVERYTHING_IMAGE = SAMPLES / "images" / "groceries.jpg"
+DEFAULT_VIDEO = SAMPLES / "videos" / "bedroom.mp4"
+DEFAULT_OUT = REPO / "benchmarks" / "results"
+OFFICIAL_DRIVER = REPO / "benchmarks" / "official_driver.py"
+
+# Clicks for click-to-mask, as fractions of (width, height); cycled through.
+CLICKS = ((0.5, 0.5), (0.3, 0.6), (0.7, 0.4), (0.25, 0.25), (0.75, 0.75), (0.6, 0.3), (0.4, 0.8), (0.8, 0.6))
+# Prompts on frame 0 of bedroom.mp4 (960 x 540), one per object, as in benchmarks/video_tracking.py.
+VIDEO_PROMPTS = (
+    {"obj_id": 1, "points": [[560, 260]], "labels": [1]},
+    {"obj_id": 2, "box": [300, 150, 520, 480]},
+    {"obj_id": 3, "points": [[750, 300], [700, 420]], "labels": [1, 1]},
+)
+
+# metric -> (unit, higher is better)
+UNITS = {"encode": ("s", False), "click": ("ms", False), "everything": ("s", False),
+         "video": ("fps", True), "memory": ("MiB", False)}
+
+
+def family_of(model: str) -> str:
+    """``"sam2"`` for SAM 2 / 2.1 presets, ``"sam"`` for SAM 1 and MobileSAM."""
+    return "sam2" if model.startswith("sam2") else "sam"
+
+
+def official_tree_key(model: str) -> str:
+    """Which official source tree a model is timed against: ``sam2``, ``mobilesam`` or ``sam1``."""
+    if family_of(model) == "sam2":
+        return "sam2"
+    return "mobilesam" if model.startswith("mobile_sam") else "sam1"
+
+
+def unavailable(model: str, measure: str) -> str | None:
+    """Why anyseg cannot measure ``measure`` for ``model`` in this checkout, or ``None``."""
+    from anyseg.models import all_presets
+
+    if measure == "video" and family_of(model) != "sam2":
+        return "video tracking is SAM 2 only"
+    if (family_of(model), model) not in all_presets():
+        return f"{model} is not a preset of this anyseg checkout"
+    if measure == "everything" and importlib.util.find_spec("anyseg.predictors.everything") is None:
+        return "anyseg.predictors.everything is not in this checkout"
+    return None
+
+
+def machine() -> dict:
+    """The CPU, core count, python and torch version and thread count of this process."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux: ``ru_maxrss`` is KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class Task:
+    """One measurement, as both sides read it (JSON).
+
+    ``measure`` is one of :data:`MEASURES`; ``weights`` an official-format checkpoint of
+    ``model``; ``image`` the input of encode, click and memory, ``everything_image`` that of
+    segment-everything; ``frames_dir`` a folder of JPEG frames ``00000.jpg`` ... of which
+    the first ``frames`` + 1 are tracked with the first ``objects`` of ``prompts``.
+    ``iters`` timed calls follow ``warmup`` untimed ones. The result is written as JSON to
+    ``result``. ``source`` is the official source tree (the driver's side only).
+    """
+
+    model: str
+    measure: str
+    weights: str
+    result: str
+    threads: int
+    image: str = str(DEFAULT_IMAGE)
+    everything_image: str = str(DEFAULT_EVERYTHING_IMAGE)
+    frames_dir: str = ""
+    frames: int = 15
+    objects: int = 1
+    iters: int = 3
+    warmup: int = 1
+    clicks: list = field(default_factory=list)
+    prompts: list = field(default_factory=lambda: [dict(p) for p in VIDEO_PROMPTS])
+    source: str = ""
+
+    @property
+    def family(self) -> str:
+        return family_of(self.model)
+
+
+# ----------------------------------------------------------------------- measuring
+
+
+def timed(fn: Callable[[], object], iters: int, warmup: int) -> list[float]:
+    """Wall times in seconds of ``iters`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def click_points(image_hw: tuple[int, int]) -> list[list[float]]:
+    """:data:`CLICKS` in pixels of an image of size ``image_hw``."""
+    h, w = image_hw
+    return [[fx * w, fy * h] for fx, fy in CLICKS]
+
+
+def load_image(path: str) -> np.ndarray:
+    """An image file as an ``(H, W, 3)`` uint8 RGB array."""
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def load_model(model: str, weights: str):
+    """anyseg's model of preset ``model`` with the weights of an official-format file."""
+    import torch
+
+    from anyseg.models import build_model
+
+    sd = torch.load(weights, map_location="cpu", weights_only=True)
+    net = build_model(family_of(model), model)
+    net.load_state_dict(sd.get("model", sd) if family_of(model) == "sam2" else sd)
+    return net.eval().requires_grad_(False)
+
+
+def measure(task: Task, net=None) -> dict:
+    """Run ``task`` on anyseg's side (``net``: an already built model, else loaded from
+    ``task.weights``). Returns ``{"samples": [...]}`` in the measure's unit, with a
+    ``"check"`` of the outputs where the official side can be compared; the caller adds
+    the peak resident memory."""
+    from anyseg.predictors.image import ImagePredictor
+
+    if net is None:
+        net = load_model(task.model, task.weights)
+    if task.measure in ("encode", "click", "memory"):
+        image = load_image(task.image)
+        pred = ImagePredictor(net)
+        clicks = task.clicks or click_points(image.shape[:2])
+        if task.measure == "encode":
+            return {"samples": timed(lambda: pred.set_image(image), task.iters, task.warmup)}
+        pred.set_image(image)
+        if task.measure == "memory":
+            pred.predict(points=[clicks[0]], labels=[1], multimask=True)
+            return {"samples": [peak_rss_mib()]}
+        first = pred.predict(points=[clicks[0]], labels=[1], multimask=True)
+        cycle = itertools.cycle(clicks)
+        times = timed(lambda: pred.predict(points=[next(cycle)], labels=[1], multimask=True), task.iters, task.warmup)
+        return {"samples": [1000 * t for t in times], "check": {"scores": first.scores.tolist()}}
+    if task.measure == "everything":
+        from anyseg.predictors.everything import MaskGenerator
+
+        image = load_image(task.everything_image)
+        generator = MaskGenerator(net)
+        generator.predictor.set_image(image)  # warm-up: the encoder's first call is slower
+        records: list = []
+        times = timed(lambda: records.append(len(generator.generate(image))), task.iters, 0)
+        return {"samples": times, "check": {"masks": records[-1]}}
+    if task.measure == "video":
+        from anyseg.predictors.video import VideoPredictor
+
+        with VideoPredictor(net).open(task.frames_dir) as session:
+            for prompt in task.prompts[: task.objects]:
+                session.add_prompt(0, prompt["obj_id"], points=prompt.get("points"),
+                                   labels=prompt.get("labels"), box=prompt.get("box"))
+            stamps, last = [], None
+            for result in session.propagate(max_frames=task.frames):
+                stamps.append(time.perf_counter())
+                last = result
+        fps = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+        return {"samples": [fps], "check": {"areas": [int(m.sum()) for m in last.masks]}}
+    raise ValueError(f"unknown measure {task.measure!r}")
+
+
+def child_main(task_json: str) -> None:
+    """Entry point of a measuring process: run the task, write its result file."""
+    import torch
+
+    task = Task(**json.loads(task_json))
+    torch.set_num_threads(task.threads)
+    result = measure(task)
+    result.update(peak_rss_mib=peak_rss_mib(), torch=torch.__version__, threads=torch.get_num_threads())
+    Path(task.result).write_text(json.dumps(result))
+
+
+# -------------------------------------------------------------------- orchestration
+
+
+@dataclass
+class Side:
+    """How to run one side's measuring process: the interpreter and, for the official
+    side, the driver script and the official source tree."""
+
+    name: str
+    python: str
+    script: list[str]
+    source: str = ""
+
+    def command(self, task: Task) -> list[str]:
+        return [self.python, *self.script, json.dumps(asdict(task))]
+
+
+OURS = Side("anyseg", sys.executable, ["-m", "anyseg.bench"])
+
+
+def official_side(python: str, source: str) -> Side:
+    """The official predictors, run by ``benchmarks/official_driver.py`` in ``python``."""
+    return Side("official", python, [str(OFFICIAL_DRIVER)], str(Path(source).resolve()))
+
+
+def run_task(side: Side, task: Task, timeout: float) -> dict:
+    """Run ``task`` in a fresh process of ``side``; the result, or ``{"error": ...}``."""
+    threads = str(task.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+           "PYTHONPATH": str(REPO / "src") if side is OURS else "", "TQDM_DISABLE": "1"}
+    if side.source:
+        task = Task(**{**asdict(task), "source": side.source})
+    try:
+        proc = subprocess.run(side.command(task), env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": " | ".join(tail) or f"exit code {proc.returncode}"}
+    return json.loads(Path(task.result).read_text())
+
+
+def random_weights(model: str, path: Path, seed: int = 0) -> Path:
+    """Save random weights of ``model`` in the official checkpoint format (SAM 2:
+    ``{"model": state_dict}``, SAM 1: the bare state dict): the module's own
+    initialisation plus N(0, 0.02) noise on every float tensor (none is degenerate)."""
+    import torch
+
+    from anyseg.models import build_model
+
+    torch.manual_seed(seed)
+    sd = build_model(family_of(model), model).state_dict()
+    sd = {k: v + 0.02 * torch.randn_like(v) if v.is_floating_point() else v for k, v in sd.items()}
+    torch.save({"model": sd} if family_of(model) == "sam2" else sd, path)
+    return path
+
+
+def extract_frames(video: str, count: int, folder: Path) -> Path:
+    """Write the first ``count`` frames of ``video`` as ``00000.jpg`` ... into ``folder``
+    (the layout the official video predictor reads; both sides track the same JPEGs)."""
+    from PIL import Image
+
+    from anyseg.io.video import open_video
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open_video(video) as source:
+        for index, frame in source:
+            if index >= count:
+                break
+            Image.fromarray(frame).save(folder / f"{index:05d}.jpg", quality=95)
+    return folder
+
+
+@dataclass
+class Config:
+    """What ``anyseg bench`` runs. ``official`` maps ``sam2`` / ``sam1`` / ``mobilesam``
+    to an official source tree; ``official_python`` runs them."""
+
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+    measures: list[str] = field(default_factory=lambda: list(MEASURES))
+    repeat: int = 3
+    iters: int = 3
+    click_iters: int = 20
+    frames: int = 15
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    image: str = str(DEFAULT_IMAGE)
+    everything_image: str = str(DEFAULT_EVERYTHING_IMAGE)
+    video: str = str(DEFAULT_VIDEO)
+    official: dict[str, str] = field(default_factory=dict)
+    official_python: str = ""
+    timeout: float = 1800.0
+
+
+def _metrics(measures: list[str]) -> list[tuple[str, str, int]]:
+    """``(row name, measure, objects)`` for each requested measure (video: one row per
+    object count)."""
+    rows = []
+    for m in measures:
+        if m == "video":
+            rows += [(f"video_{k}obj", "video", k) for k in VIDEO_OBJECTS]
+        else:
+            rows.append((m, m, 1))
+    return rows
+
+
+def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
+    """Measure every model x measure of ``cfg`` (side by side where an official tree is
+    given); returns the report that :func:`write_report` saves."""
+    for m in cfg.measures:
+        if m not in MEASURES:
+            raise ValueError(f"unknown measure {m!r}; known: {', '.join(MEASURES)}")
+    official = {k: official_side(cfg.official_python, v) for k, v in cfg.official.items()}
+    if official and not cfg.official_python:
+        raise ValueError("an official source tree needs --official-python")
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="anyseg-bench-") as tmp:
+        tmp_path = Path(tmp)
+        frames_dir = ""
+        if "video" in cfg.measures and any(family_of(m) == "sam2" for m in cfg.models):
+            frames_dir = str(extract_frames(cfg.video, cfg.frames + 1, tmp_path / "frames"))
+        clicks = click_points(load_image(cfg.image).shape[:2])
+        plan = []
+        for model in cfg.models:
+            weights = None
+            for name, measure_name, objects in _metrics(cfg.measures):
+                row = {"model": model, "metric": name, "unit": UNITS[measure_name][0],
+                       "anyseg": None, "official": None, "ratio": None, "note": ""}
+                rows.append(row)
+                reason = unavailable(model, measure_name)
+                if reason:
+                    row["note"] = reason
+                    log(f"skip {model} {name}: {reason}")
+                    continue
+                if weights is None:
+                    weights = random_weights(model, tmp_path / f"{model}.pt")
+                iters = {"click": cfg.click_iters, "everything": 1, "memory": 1}.get(measure_name, cfg.iters)
+                task = Task(model=model, measure=measure_name, weights=str(weights), result="",
+                            threads=cfg.threads, image=cfg.image, everything_image=cfg.everything_image,
+                            frames_dir=frames_dir, frames=cfg.frames, objects=objects, iters=iters,
+                            warmup=2 if measure_name == "click" else 1, clicks=clicks)
+                sides = [OURS]
+                if official_tree_key(model) in official:
+                    sides.append(official[official_tree_key(model)])
+                else:
+                    row["note"] = "no official tree given"
+                plan.append((row, task, sides))
+        for r in range(cfg.repeat):
+            for row, task, sides in plan:
+                order = sides if r % 2 == 0 else sides[::-1]
+                for side in order:
+                    task.result = str(tmp_path / f"result-{side.name}.json")
+                    out = run_task(side, task, cfg.timeout)
+                    _collect(row, side.name, out)
+                    shown = out.get("error") or f"{statistics.median(out['samples']):.4g} {row['unit']}"
+                    log(f"[{r + 1}/{cfg.repeat}] {row['model']} {row['metric']} {side.name}: {shown}")
+    for row in rows:
+        _summarise(row)
+    return {"machine": machine() | {"torch_threads": cfg.threads},
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "settings": {"repeat": cfg.repeat, "threads": cfg.threads, "image": Path(cfg.image).name,
+                         "everything_image": Path(cfg.everything_image).name,
+                         "video": Path(cfg.video).name, "video_frames": cfg.frames,
+                         "official": {k: str(v) for k, v in cfg.official.items()}},
+            "results": rows}
+
+
+def _collect(row: dict, side: str, out: dict) -> None:
+    """Add one process's result to ``row[side]``."""
+    entry = row[side] or {"samples": [], "peak_rss_mib": [], "errors": []}
+    row[side] = entry
+    if "error" in out:
+        entry["errors"].append(out["error"])
+        return
+    entry["samples"] += out["samples"]
+    entry["peak_rss_mib"].append(round(out["peak_rss_mib"], 1))
+    entry["torch"] = out["torch"]
+    if "check" in out:
+        entry["check"] = out["check"]
+
+
+def _summarise(row: dict) -> None:
+    """Medians, the ratio (above 1: anyseg faster or smaller) and the output check."""
+    higher_better = row["unit"] == "fps"
+    for side in ("anyseg", "official"):
+        entry = row[side]
+        if entry is not None:
+            entry["median"] = statistics.median(entry["samples"]) if entry["samples"] else None
+    ours, theirs = row["anyseg"], row["official"]
+    if ours and theirs and ours["median"] and theirs["median"]:
+        row["ratio"] = ours["median"] / theirs["median"] if higher_better else theirs["median"] / ours["median"]
+        row["check"] = compare_checks(ours.get("check"), theirs.get("check"))
+
+
+def compare_checks(ours: dict | None, theirs: dict | None) -> str:
+    """A short statement of whether both sides computed the same outputs: predicted IoU
+    scores of the first click, mask areas on the last tracked frame, or mask counts."""
+    if not ours or not theirs:
+        return ""
+    if "scores" in ours:
+        diff = float(np.abs(np.subtract(ours["scores"], theirs["scores"])).max())
+        return f"scores max diff {diff:.1e}"
+    if "areas" in ours:
+        a, b = np.asarray(ours["areas"], float), np.asarray(theirs["areas"], float)
+        return f"mask areas max rel diff {float((np.abs(a - b) / np.maximum(b, 1)).max()):.1%}"
+    if "masks" in ours:
+        return f"masks {ours['masks']} vs {theirs['masks']}"
+    return ""
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "ms":
+        return f"{value:.1f} ms"
+    if unit == "MiB":
+        return f"{value:.0f} MiB"
+    return f"{value:.3g} {unit}"
+
+
+def markdown(report: dict) -> str:
+    """The report as a Markdown table with the machine named above it."""
+    m = report["machine"]
+    official_torch = {r["official"]["torch"] for r in report["results"] if r["official"] and "torch" in r["official"]}
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, {m['torch_threads']} threads"
+        + (f"; official side: torch {', '.join(sorted(official_torch))}" if official_torch else "")
+        + f". {report['date']}, {report['settings']['repeat']} interleaved repeats, medians.",
+        "",
+        "| model | measure | anyseg | official | ratio (x faster) | peak RSS anyseg / official | check / note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        ours, theirs = r["anyseg"] or {}, r["official"] or {}
+        rss = " / ".join(f"{max(e['peak_rss_mib']):.0f}" if e.get("peak_rss_mib") else "-" for e in (ours, theirs))
+        notes = [r.get("check", ""), r["note"]] + [f"{s}: {e}" for s, d in (("anyseg", ours), ("official", theirs))
+                                                   for e in d.get("errors", [])[:1]]
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
+        lines.append(f"| {r['model']} | {r['metric']} | {_fmt(ours.get('median'), r['unit'])} | "
+                     f"{_fmt(theirs.get('median'), r['unit'])} | {ratio} | {rss} MiB | "
+                     f"{'; '.join(n for n in notes if n)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out: Path) -> tuple[Path, Path]:
+    """Write ``bench.json`` and ``bench.md`` into ``out``; returns both paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "bench.json", out / "bench.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(markdown(report))
+    return json_path, md_path
+
+
+# ------------------------------------------------------------------------ profiling
+
+
+def module_times(net, fn: Callable[[], object]) -> dict[str, float]:
+    """Wall seconds that one call of ``fn`` spends in the forward of each top-level
+    submodule of ``net``, plus ``"other"`` (pre/post-processing and glue) and ``"total"``."""
+    spent: dict[str, float] = {}
+    started: dict[str, float] = {}
+
+    def enter(name: str):
+        return lambda module, args: started.__setitem__(name, time.perf_counter())
+
+    def leave(name: str):
+        return lambda module, args, output: spent.__setitem__(
+            name, spent.get(name, 0.0) + time.perf_counter() - started[name])
+
+    handles = []
+    for name, child in net.named_children():
+        handles += [child.register_forward_pre_hook(enter(name)), child.register_forward_hook(leave(name))]
+    try:
+        start = time.perf_counter()
+        fn()
+        total = time.perf_counter() - start
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {**spent, "other": total - sum(spent.values()), "total": total}
+
+
+def profile(model: str, out: Path, image: str = str(DEFAULT_IMAGE), video: str = str(DEFAULT_VIDEO),
+            threads: int | None = None, rows: int = 25) -> list[Path]:
+    """Where anyseg's time goes: the image encode, one click (cached embedding) and, for
+    SAM 2, one video propagation step with one object, after warm-up. For each, the wall time per top-level module
+    (:func:`module_times`) of one call and the torch.profiler table (top operators by self
+    CPU time) of the next, written as ``profile_<model>_<what>.txt`` into ``out``."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from anyseg.predictors.image import ImagePredictor
+    from anyseg.predictors.video import VideoPredictor
+
+    if threads:
+        torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    with tempfile.TemporaryDirectory(prefix="anyseg-profile-") as tmp:
+        net = load_model(model, str(random_weights(model, Path(tmp) / "weights.pt")))
+
+        def record(what: str, fn: Callable[[], object]) -> None:
+            times = module_times(net, fn)
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                fn()
+            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+            modules = "\n".join(f"  {name:<24} {seconds:8.3f} s" for name, seconds in times.items())
+            path = out / f"profile_{model}_{what}.txt"
+            path.write_text(f"{model} {what}, torch {torch.__version__}, {torch.get_num_threads()} threads\n\n"
+                            f"wall time per top-level module (one call):\n{modules}\n\n"
+                            f"torch.profiler, the next call:\n{table}\n")
+            written.append(path)
+
+        pred = ImagePredictor(net)
+        picture = load_image(image)
+        pred.set_image(picture)
+        record("encode", lambda: pred.set_image(picture))
+        click = click_points(picture.shape[:2])[0]
+        for _ in range(3):  # warm-up
+            pred.predict(points=[click], labels=[1], multimask=True)
+        record("click", lambda: pred.predict(points=[click], labels=[1], multimask=True))
+        if family_of(model) == "sam2":
+            frames = extract_frames(video, 7, Path(tmp) / "frames")
+            with VideoPredictor(net).open(frames) as session:
+                first = VIDEO_PROMPTS[0]
+                session.add_prompt(0, first["obj_id"], points=first["points"], labels=first["labels"])
+                steps = session.propagate()
+                for _ in range(4):  # the prompted frame, then warm-up steps
+                    next(steps)
+                record("video_step", lambda: next(steps))
+    return written
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1])
