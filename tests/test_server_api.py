@@ -687,6 +687,32 @@ def test_unknown_model_name_fails_at_start(tmp_path):
         create_app(ServerSettings(model="sam2.1-tinny", data_dir=tmp_path))
 
 
+def test_serve_command(tmp_path, monkeypatch, capsys, fixtures_dir):
+    from anyseg.cli import main
+
+    served = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, host, port, **kw: served.update(app=app, host=host, port=port))
+    image = tmp_path / "photo.png"
+    image.write_bytes(png_bytes(64, 48))
+    checkpoint = str(fixtures_dir / "sam2.1_hiera_tiny.random.pt")
+    assert main(["serve", "--checkpoint", checkpoint, "--data-dir", str(tmp_path / "d"), "--open", str(image),
+                 "--port", "8123"]) == 0
+    assert served["host"] == "127.0.0.1" and served["port"] == 8123
+    studio = served["app"].state.studio
+    assert studio.settings.allowed_hosts == ["127.0.0.1", "localhost", "[::1]"]  # loopback only
+    project = studio.store.projects()[0]
+    assert f"http://127.0.0.1:8123/#project={project.id}" in capsys.readouterr().err
+    assert main(["serve", "--model", "sam2.1-tinny"]) == 2
+    assert "Did you mean 'sam2.1-tiny'" in capsys.readouterr().err
+    assert main(["serve", "--open", str(tmp_path / "missing.png"), "--data-dir", str(tmp_path / "d")]) == 2
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["serve", "--open", str(tmp_path / "notes.txt"), "--data-dir", str(tmp_path / "d")]) == 2
+    assert "neither an image nor a video" in capsys.readouterr().err
+    assert main(["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "d")]) == 0
+    assert served["app"].state.studio.settings.allowed_hosts is None
+    assert "anyone who can reach it" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- the fixture checkpoint
 @pytest.fixture(scope="module")
 def fixture_checkpoint(fixtures_dir) -> Path:

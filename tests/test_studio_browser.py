@@ -225,7 +225,6 @@ def test_video_prompt_track_scrub_export(studio, page, samples_dir, tmp_path):
 
 def test_missing_weights_page(browser, tmp_path):
     """No weights and no download: the page says which file to download and where, no trace."""
-    _require_browser()
     server, url = _serve(tmp_path, "--model", "sam2.1-tiny", "--no-download")
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 720})

@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--session-ttl", type=float, default=1800, metavar="SECONDS",
                    help="close sessions idle this long, freeing their memory (default 1800)")
     p.add_argument("--max-sessions", type=int, default=8, help="live sessions kept at most (default 8)")
+    p.add_argument("--open", metavar="FILE", type=Path,
+                   help="start with this image or video as a project (the address printed opens it)")
     p.set_defaults(func=run)
 
 
@@ -60,14 +62,31 @@ def run(args: argparse.Namespace) -> int:
         allowed_hosts=["127.0.0.1", "localhost", "[::1]"] if loopback else None,
     )
     app = create_app(settings)
+    page = ""
+    if args.open is not None:
+        page = f"#project={_add_project(app.state.studio, args.open)}"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)  # a bad upload is answered; no need to log it
     if not loopback:
         print(f"anyseg: warning: listening on {args.host}: anyone who can reach it can use the studio",
               file=sys.stderr)
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"anyseg studio: http://{shown}:{args.port}/  (API docs at /docs; Ctrl+C to stop)", file=sys.stderr)
+    print(f"anyseg studio: http://{shown}:{args.port}/{page}  (API docs at /docs; Ctrl+C to stop)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _add_project(studio, path: Path) -> str:
+    """A new project on a local image or video; returns its id."""
+    from anyseg.errors import MediaError
+
+    try:
+        stream = open(path, "rb")
+    except OSError as exc:
+        raise MediaError(f"{path} cannot be read ({exc.strerror})") from None
+    with stream:
+        media = studio.library.ingest(stream, path.name)
+    return studio.store.create_project(path.name, media).id
 
 
 def _is_loopback(host: str) -> bool:

@@ -246,6 +246,7 @@ async function deleteProject(project) {
 const isVideo = () => state.project?.media.kind === "video";
 
 async function openSession(info) {
+  if (state.tracking) state.tracking.controller.abort(); // closing the stream stops that tracking
   state.session = info;
   state.project = info.project;
   state.objects = new Map(info.objects.map((o) => [o.obj_id, o]));
@@ -315,8 +316,10 @@ function frameImage(frame, maxSide) {
 }
 
 async function frameMasks(frame) {
+  const projectId = state.project.id;
   if (!state.masks.has(frame)) {
-    const result = await api("GET", `/api/projects/${state.project.id}/masks/${frame}`);
+    const result = await api("GET", `/api/projects/${projectId}/masks/${frame}`);
+    if (state.project?.id !== projectId) return new Map(); // another project was opened meanwhile
     if (!state.masks.has(frame)) setFrameMasks(frame, result.masks);
   }
   return state.masks.get(frame);
@@ -778,7 +781,7 @@ async function track(direction) {
   if (!isVideo() || state.tracking) return;
   await state.queue; // prompts first
   const controller = new AbortController();
-  state.tracking = { controller };
+  state.tracking = { controller, projectId: state.project.id };
   setTracking(true);
   $("progress-bar").style.width = "0";
   $("progress-text").textContent = "Starting…";
@@ -815,13 +818,16 @@ async function track(direction) {
       showError(err);
     }
   } finally {
-    state.tracking = null;
-    setTracking(false);
-    renderObjects();
+    if (state.tracking?.controller === controller) {
+      state.tracking = null;
+      setTracking(false);
+      renderObjects();
+    }
   }
 }
 
 function onTrackEvent(block) {
+  if (state.tracking?.projectId !== state.project?.id) return;
   const fields = {};
   for (const line of block.split("\n")) {
     const at = line.indexOf(": ");
@@ -836,7 +842,7 @@ function onTrackEvent(block) {
     $("progress-text").textContent = `Tracking ${data.pass}: frame ${data.frame + 1} (${data.done} / ${data.total})`;
     showFrame(data.frame);
   } else if (fields.event === "done") {
-    $("progress-bar").style.width = "100%";
+    $("progress-bar").style.width = data.cancelled ? `${(100 * data.done) / Math.max(1, data.total)}%` : "100%";
     $("progress-text").textContent = `${data.cancelled ? "Cancelled after" : "Tracked"} ${data.done} frames in ${data.seconds.toFixed(1)} s`;
     drawTracks();
   } else if (fields.event === "error") {
@@ -1024,7 +1030,7 @@ function onKey(event) {
     2: () => chooseCandidate(1),
     3: () => chooseCandidate(2),
     "?": () => $("help").showModal(),
-    Tab: selectNextObject,
+    Tab: () => event.target.matches("body, #prompt-canvas") && selectNextObject(),
     ArrowLeft: () => showFrame(state.frame - (event.shiftKey ? 10 : 1)),
     ArrowRight: () => showFrame(state.frame + (event.shiftKey ? 10 : 1)),
     Home: () => showFrame(0),
