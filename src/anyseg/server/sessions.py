@@ -27,7 +27,7 @@ from anyseg.io.export import object_color
 from anyseg.io.images import load_image
 from anyseg.io.masks import encode_rle
 from anyseg.models.sam2_tracking import NO_OBJ_SCORE
-from anyseg.predictors.image import ImagePredictor, Prediction
+from anyseg.predictors.image import ImagePredictor
 from anyseg.predictors.video import FrameResult, VideoPredictor
 from anyseg.server.errors import ApiError, not_found
 from anyseg.server.media import MediaLibrary
@@ -128,7 +128,7 @@ class ImageSession(StudioSession):
     def __init__(self, session_id: str, project: Project, store: Store, predictor: ImagePredictor) -> None:
         super().__init__(session_id, project, store)
         self.predictor: ImagePredictor | None = predictor
-        self._predictions: dict[int, Prediction] = {}
+        self._candidates: dict[int, list[StoredMask]] = {}  # of each object's single click (RLE: compact)
 
     @classmethod
     def open(cls, session_id: str, project: Project, store: Store, model, library: MediaLibrary) -> ImageSession:
@@ -145,23 +145,27 @@ class ImageSession(StudioSession):
         return cls(session_id, project, store, predictor)
 
     def candidates(self, obj_id: int) -> list[Candidate]:
-        pred = self._predictions.get(obj_id)
-        if pred is None or len(pred.scores) < 2:
-            return []
-        return [Candidate(index=i, score=float(s)) for i, s in enumerate(pred.scores)]
+        return [Candidate(index=i, score=m.score) for i, m in enumerate(self._candidates.get(obj_id, []))]
 
-    def _predict(self, prompts: list[dict]) -> Prediction:
+    def _predict(self, obj_id: int, prompts: list[dict]) -> tuple[StoredMask, int]:
+        """The object's best mask for ``prompts`` and its index; remembers a click's candidates."""
         points, labels, box = split_prompts(prompts)
-        return self.predictor.predict(points=points or None, labels=labels or None, box=box,
+        pred = self.predictor.predict(points=points or None, labels=labels or None, box=box,
                                       multimask=len(points) == 1 and box is None)
+        masks = [mask_record(obj_id, 0, m, float(score)) for m, score in zip(pred.masks, pred.scores)]
+        if len(masks) > 1:
+            self._candidates[obj_id] = masks
+        else:
+            self._candidates.pop(obj_id, None)
+        return masks[pred.best], pred.best
+
+    def _prompts(self, obj_id: int) -> list[dict]:
+        return [p for _, _, p in self.store.prompts(self.pid, obj_id)]
 
     def add_prompt(self, obj_id: int, prompt: dict) -> PromptResult:
         self.store.object(self.pid, obj_id)
         self.check_frame(prompt["frame"])
-        pred = self._predict([p for _, _, p in self.store.prompts(self.pid, obj_id)] + [prompt])
-        self._predictions[obj_id] = pred
-        best = pred.best
-        mask = mask_record(obj_id, 0, pred.masks[best], float(pred.scores[best]))
+        mask, best = self._predict(obj_id, self._prompts(obj_id) + [_without_frame(prompt)])
         self.store.record_prompt(self.pid, obj_id, 0, _without_frame(prompt), [mask], choice=best)
         return self.result(obj_id, 0)
 
@@ -169,43 +173,39 @@ class ImageSession(StudioSession):
         self.store.object(self.pid, obj_id)
         self.check_frame(frame)
         self.store.pop_prompt(self.pid, obj_id, 0)
-        remaining = [p for _, _, p in self.store.prompts(self.pid, obj_id)]
+        remaining = self._prompts(obj_id)
         if remaining:
-            pred = self._predictions[obj_id] = self._predict(remaining)
-            mask = mask_record(obj_id, 0, pred.masks[pred.best], float(pred.scores[pred.best]))
-            self.store.put_masks(self.pid, [mask], choice=(obj_id, pred.best))
+            mask, best = self._predict(obj_id, remaining)
+            self.store.put_masks(self.pid, [mask], choice=(obj_id, best))
         else:
-            self._predictions.pop(obj_id, None)
-            self.store.clear_object(self.pid, obj_id)
+            self.clear(obj_id)
         return self.result(obj_id, 0)
 
     def choose(self, obj_id: int, index: int) -> None:
-        """Keep candidate ``index`` of the object's last single-click prediction."""
-        if obj_id not in self._predictions:  # after a restart: predict again from the stored prompts
-            prompts = [p for _, _, p in self.store.prompts(self.pid, obj_id)]
+        """Keep candidate ``index`` of the object's single-click prediction."""
+        if obj_id not in self._candidates:  # e.g. after a restart: predict again from the stored prompts
+            prompts = self._prompts(obj_id)
             if not prompts:
                 raise InvalidInputError(f"object {obj_id} has no mask to choose from: click on it first")
-            self._predictions[obj_id] = self._predict(prompts)
-        pred = self._predictions[obj_id]
-        if index >= len(pred.scores):
-            raise InvalidInputError(f"object {obj_id} has {len(pred.scores)} candidate mask(s); "
-                                    "a choice needs a single click (three candidates)")
-        mask = mask_record(obj_id, 0, pred.masks[index], float(pred.scores[index]))
-        self.store.put_masks(self.pid, [mask], choice=(obj_id, index))
+            self._predict(obj_id, prompts)
+        candidates = self._candidates.get(obj_id, [])
+        if index >= len(candidates):
+            raise InvalidInputError(f"object {obj_id} has no candidate mask {index}: candidates come from a "
+                                    "single click (three of them)")
+        self.store.put_masks(self.pid, [candidates[index]], choice=(obj_id, index))
 
     def clear(self, obj_id: int) -> None:
         self.store.object(self.pid, obj_id)
-        self._predictions.pop(obj_id, None)
+        self._candidates.pop(obj_id, None)
         self.store.clear_object(self.pid, obj_id)
 
     def delete_object(self, obj_id: int) -> None:
-        self.store.object(self.pid, obj_id)
-        self._predictions.pop(obj_id, None)
+        self.clear(obj_id)
         self.store.delete_object(self.pid, obj_id)
 
     def close(self) -> None:
         self.predictor = None
-        self._predictions.clear()
+        self._candidates.clear()
 
 
 class VideoTrackingSession(StudioSession):
