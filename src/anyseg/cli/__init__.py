@@ -17,6 +17,7 @@ from anyseg.errors import AnysegError
 # Sub-command modules, in the order ``anyseg --help`` lists them.
 COMMANDS = [
     "anyseg.cli.segment",
+    "anyseg.cli.everything",
     "anyseg.cli.track",
     "anyseg.cli.models",
     "anyseg.cli.eval",
