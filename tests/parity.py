@@ -43,3 +43,40 @@ def image_cases(fixtures_dir: Path, model_key: str):
     """``(image_name, case_dict)`` for every image case of a fixture model."""
     cases = fixture_index(fixtures_dir)[model_key]["image_cases"]
     return [(image, case) for image, lst in cases.items() for case in lst]
+
+
+def embed_fixture_images(predictor_factory, fixtures_dir: Path, model_key: str) -> dict:
+    """One predictor per image of a fixture model's image cases, each embedded once."""
+    preds = {}
+    for name in fixture_index(fixtures_dir)[model_key]["image_cases"]:
+        preds[name] = predictor_factory()
+        preds[name].set_image(fixture_image(fixtures_dir, name))
+    return preds
+
+
+def run_image_case(pred, case: dict, outputs, image: str):
+    """Replay one official ``predict`` call (``refine_mask_input`` feeds the official
+    low-res logits of the best mask of ``mask_from``)."""
+    mask_input = None
+    if case.get("mask_from"):
+        prev = f"{image}/{case['mask_from']}"
+        mask_input = outputs[f"{prev}/low_res_logits"][int(np.argmax(outputs[f"{prev}/iou"]))][None]
+    return pred.predict(
+        points=case.get("point_coords"),
+        labels=case.get("point_labels"),
+        box=case.get("box"),
+        mask_input=mask_input,
+        multimask=case["multimask"],
+    )
+
+
+def assert_matches_official(out, outputs, prefix: str) -> None:
+    """Low-res logits and predicted IoUs within 2e-3, full-resolution masks at IoU >= 0.995."""
+    ref_logits = outputs[f"{prefix}/low_res_logits"]
+    ref_masks = unpack_masks(outputs, prefix)
+    assert out.logits.shape == ref_logits.shape, prefix
+    assert np.abs(out.logits - ref_logits).max() <= 2e-3, prefix
+    assert np.abs(out.scores - outputs[f"{prefix}/iou"]).max() <= 2e-3, prefix
+    assert out.masks.shape == ref_masks.shape, prefix
+    for a, b in zip(out.masks.reshape(-1, *out.masks.shape[-2:]), ref_masks.reshape(-1, *ref_masks.shape[-2:])):
+        assert mask_iou(a, b) >= 0.995, prefix

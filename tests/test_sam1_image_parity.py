@@ -15,7 +15,15 @@ from anyseg.models.sam import PRESETS, SamConfig, build_sam
 from anyseg.models.vit import VIT_B
 from anyseg.predictors.transforms import Sam1Transform
 
-from parity import fixture_image, fixture_index, image_cases, load_fixture_state_dict, mask_iou, unpack_masks
+from parity import (
+    assert_matches_official,
+    embed_fixture_images,
+    fixture_image,
+    fixture_index,
+    image_cases,
+    load_fixture_state_dict,
+    run_image_case,
+)
 
 # The `sam_vit_small` fixture: ViT-B with embed 192, depth 4, 3 heads, global attention in
 # blocks 1 and 3 (fixtures.json -> sam_vit_small -> config).
@@ -51,12 +59,7 @@ def outputs(fixtures_dir, key):
 @pytest.fixture(scope="module")
 def predictors(model, fixtures_dir, key):
     """One predictor per fixture image, embedded once."""
-    preds = {}
-    for name in fixture_index(fixtures_dir)[key]["image_cases"]:
-        p = ImagePredictor(model)
-        p.set_image(fixture_image(fixtures_dir, name))
-        preds[name] = p
-    return preds
+    return embed_fixture_images(lambda: ImagePredictor(model), fixtures_dir, key)
 
 
 def test_config_and_keys(key, state_dict):
@@ -76,36 +79,10 @@ def test_encoder_input_and_features(predictors, outputs, fixtures_dir):
     assert np.abs(embed - outputs[f"{name}/features/image_embed"].astype(np.float32)).max() <= 5e-3
 
 
-def _run_case(pred, case, outputs, image):
-    mask_input = None
-    if case.get("mask_from"):
-        prev = outputs[f"{image}/{case['mask_from']}/low_res_logits"]
-        best = int(np.argmax(outputs[f"{image}/{case['mask_from']}/iou"]))
-        mask_input = prev[best][None]
-    return pred.predict(
-        points=case.get("point_coords"),
-        labels=case.get("point_labels"),
-        box=case.get("box"),
-        mask_input=mask_input,
-        multimask=case["multimask"],
-    )
-
-
 def test_every_image_case(predictors, outputs, fixtures_dir, key):
     for image, case in image_cases(fixtures_dir, key):
         prefix = f"{image}/{case['name']}"
-        out = _run_case(predictors[image], case, outputs, image)
-        ref_logits = outputs[f"{prefix}/low_res_logits"]
-        ref_iou = outputs[f"{prefix}/iou"]
-        ref_masks = unpack_masks(outputs, prefix)
-        assert out.logits.shape == ref_logits.shape, prefix
-        assert np.abs(out.logits - ref_logits).max() <= 2e-3, prefix
-        assert np.abs(out.scores - ref_iou).max() <= 2e-3, prefix
-        assert out.masks.shape == ref_masks.shape, prefix
-        flat_ours = out.masks.reshape(-1, *out.masks.shape[-2:])
-        flat_ref = ref_masks.reshape(-1, *ref_masks.shape[-2:])
-        for a, b in zip(flat_ours, flat_ref):
-            assert mask_iou(a, b) >= 0.995, prefix
+        assert_matches_official(run_image_case(predictors[image], case, outputs, image), outputs, prefix)
 
 
 def test_box_equals_two_corner_points(model, predictors):
