@@ -10,8 +10,8 @@ official source tree (facebookresearch/sam2, facebookresearch/segment-anything o
 ChaoningZhang/MobileSAM): it is put on ``sys.path`` and imported from there, nothing is
 installed or compiled. The model is built by the official builder from its official
 config and loads ``weights`` (the official checkpoint format) strictly; then the task is
-measured the way :func:`anyseg.bench.measure` measures it on anyseg's side, and the
-result is written as JSON to the task's ``result`` path.
+set up and stepped the way :func:`anyseg.bench.prepare` does it on anyseg's side, over
+the same stdin/stdout line protocol (:func:`anyseg.bench.child_main`).
 
 This file imports nothing from anyseg: it must run in a separate environment.
 """
@@ -23,11 +23,12 @@ import json
 import resource
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+MARK = "@@anyseg-bench "  # prefix of protocol replies, as in anyseg.bench
 
 # anyseg preset -> official SAM 2 config (inside the sam2 package)
 SAM2_CONFIGS = {
@@ -43,16 +44,11 @@ SAM1_MODELS = {
 }
 
 
-def timed(fn, iters: int, warmup: int) -> list[float]:
-    """Wall times in seconds of ``iters`` calls of ``fn`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+def seconds(fn) -> float:
+    """Wall time of one call of ``fn``."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def load_image(path: str) -> np.ndarray:
@@ -94,57 +90,62 @@ def mask_generator(model, task: dict):
     return __import__(SAM1_MODELS[task["model"]][0]).SamAutomaticMaskGenerator(model)
 
 
-def measure(task: dict) -> dict:
-    """Run the task on the official predictors; the same protocol as anyseg's side."""
+def prepare(task: dict):
+    """Set the task up on the official predictors, warm-up included; returns ``(step,
+    check)`` with the meaning of :func:`anyseg.bench.prepare`."""
     measure_name = task["measure"]
     if measure_name in ("encode", "click", "memory"):
         image = load_image(task["image"])
         pred = image_predictor(build_image_model(task), task)
         clicks = [np.asarray([c], dtype=np.float32) for c in task["clicks"]]
         label = np.asarray([1], dtype=np.int32)
+        for _ in range(task["warmup"] if measure_name == "encode" else 1):
+            pred.set_image(image)
         if measure_name == "encode":
-            return {"samples": timed(lambda: pred.set_image(image), task["iters"], task["warmup"])}
-        pred.set_image(image)
-        if measure_name == "memory":
-            pred.predict(point_coords=clicks[0], point_labels=label, multimask_output=True)
-            return {"samples": [peak_rss_mib()]}
+            return lambda: seconds(lambda: pred.set_image(image)), dict
         _, scores, _ = pred.predict(point_coords=clicks[0], point_labels=label, multimask_output=True)
+        if measure_name == "memory":
+            return peak_rss_mib, dict
+        for _ in range(task["warmup"]):
+            pred.predict(point_coords=clicks[0], point_labels=label, multimask_output=True)
         cycle = itertools.cycle(clicks)
-        times = timed(lambda: pred.predict(point_coords=next(cycle), point_labels=label, multimask_output=True),
-                      task["iters"], task["warmup"])
-        return {"samples": [1000 * t for t in times], "check": {"scores": np.asarray(scores).tolist()}}
+        return (lambda: 1000 * seconds(lambda: pred.predict(point_coords=next(cycle), point_labels=label,
+                                                           multimask_output=True)),
+                lambda: {"scores": np.asarray(scores).tolist()})
     if measure_name == "everything":
         image = load_image(task["everything_image"])
         generator = mask_generator(build_image_model(task), task)
         generator.predictor.set_image(image)  # warm-up, as on anyseg's side
-        records: list = []
-        times = timed(lambda: records.append(len(generator.generate(image))), task["iters"], 0)
-        return {"samples": times, "check": {"masks": records[-1]}}
+        counts: list = []
+        return lambda: seconds(lambda: counts.append(len(generator.generate(image)))), lambda: {"masks": counts[-1]}
     if measure_name == "video":
-        return measure_video(task)
+        return prepare_video(task)
     raise ValueError(f"unknown measure {measure_name!r}")
 
 
-def measure_video(task: dict) -> dict:
-    """Frames per second of the official video predictor over ``frames`` frames after the
-    prompted one (the first, already segmented frame excluded, as on anyseg's side)."""
+def prepare_video(task: dict):
+    """The official video predictor with the task's prompts on frame 0, propagation
+    started; each step tracks one more frame."""
     from sam2.build_sam import build_sam2_video_predictor
 
     predictor = build_sam2_video_predictor(SAM2_CONFIGS[task["model"]], task["weights"], device="cpu")
-    with torch.inference_mode():
-        state = predictor.init_state(task["frames_dir"])
-        for prompt in task["prompts"][: task["objects"]]:
-            predictor.add_new_points_or_box(
-                state, frame_idx=0, obj_id=prompt["obj_id"],
-                points=None if "points" not in prompt else np.asarray(prompt["points"], dtype=np.float32),
-                labels=None if "labels" not in prompt else np.asarray(prompt["labels"], dtype=np.int32),
-                box=None if "box" not in prompt else np.asarray(prompt["box"], dtype=np.float32),
-            )
-        stamps, masks = [], None
-        for _, _, masks in predictor.propagate_in_video(state, max_frame_num_to_track=task["frames"]):
-            stamps.append(time.perf_counter())
-    fps = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-    return {"samples": [fps], "check": {"areas": [int((m > 0).sum()) for m in masks]}}
+    state = predictor.init_state(task["frames_dir"])
+    for prompt in task["prompts"][: task["objects"]]:
+        predictor.add_new_points_or_box(
+            state, frame_idx=0, obj_id=prompt["obj_id"],
+            points=None if "points" not in prompt else np.asarray(prompt["points"], dtype=np.float32),
+            labels=None if "labels" not in prompt else np.asarray(prompt["labels"], dtype=np.int32),
+            box=None if "box" not in prompt else np.asarray(prompt["box"], dtype=np.float32),
+        )
+    frames = predictor.propagate_in_video(state, max_frame_num_to_track=task["frames"])
+    last = [next(frames)]  # the prompted frame, segmented already
+
+    def step() -> float:
+        start = time.perf_counter()
+        last[0] = next(frames)
+        return time.perf_counter() - start
+
+    return step, lambda: {"areas": [int((m > 0).sum()) for m in last[0][2]]}
 
 
 def peak_rss_mib() -> float:
@@ -152,14 +153,25 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reply(message: dict) -> None:
+    """Send one protocol message to the harness (other output is ignored)."""
+    print(MARK + json.dumps(message), flush=True)
+
+
 def main() -> None:
-    """Run the task given as JSON on the command line; write its result file."""
+    """The protocol of :func:`anyseg.bench.child_main`: set up, reply ready, answer each
+    ``step`` line with a sample, end with the check, peak memory and torch version."""
     task = json.loads(sys.argv[1])
     sys.path.insert(0, task["source"])
     torch.set_num_threads(task["threads"])
-    result = measure(task)
-    result.update(peak_rss_mib=peak_rss_mib(), torch=torch.__version__, threads=torch.get_num_threads())
-    Path(task["result"]).write_text(json.dumps(result))
+    step, check = prepare(task)
+    reply({"ready": True})
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        reply({"sample": step()})
+    reply({"check": check(), "peak_rss_mib": peak_rss_mib(), "torch": torch.__version__,
+           "threads": torch.get_num_threads()})
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ side), the report, and the CLI's argument checks."""
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +19,17 @@ from anyseg.models.hiera import HieraConfig
 from anyseg.models.sam2 import Sam2Config, Sam2Model
 
 H, W = 48, 64
+# A measuring process that answers every step with 0.5 s.
+FAKE_CHILD = """
+import json, sys
+from anyseg.bench import reply
+reply({"ready": True})
+for line in sys.stdin:
+    if line.strip() != "step":
+        break
+    reply({"sample": 0.5})
+reply({"check": {}, "peak_rss_mib": 1.0, "torch": "x", "threads": 1})
+"""
 
 
 @pytest.fixture(scope="module")
@@ -44,30 +57,35 @@ def inputs(tmp_path_factory):
 def task(measure: str, inputs, **kw) -> bench.Task:
     image, frames = inputs
     prompts = [{"obj_id": 1, "points": [[30, 20]], "labels": [1]}, {"obj_id": 7, "box": [5, 5, 40, 30]}]
-    fields = dict(model="sam2.1_hiera_t", measure=measure, weights="", result="", threads=1, image=str(image),
-                  everything_image=str(image), frames_dir=str(frames), frames=3, iters=2, warmup=1, prompts=prompts)
+    fields = dict(model="sam2.1_hiera_t", measure=measure, weights="", threads=1, image=str(image),
+                  everything_image=str(image), frames_dir=str(frames), frames=3, prompts=prompts)
     return bench.Task(**(fields | kw))
 
 
 def test_image_measures(small_model, inputs):
-    encode = bench.measure(task("encode", inputs), small_model)
-    assert len(encode["samples"]) == 2 and all(t > 0 for t in encode["samples"])
-    click = bench.measure(task("click", inputs, clicks=bench.click_points((H, W))), small_model)
-    assert len(click["samples"]) == 2 and len(click["check"]["scores"]) == 3
-    memory = bench.measure(task("memory", inputs), small_model)
-    assert memory["samples"][0] == pytest.approx(bench.peak_rss_mib(), rel=0.05)
+    step, check = bench.prepare(task("encode", inputs), small_model)
+    assert step() > 0 and check() == {}
+    step, check = bench.prepare(task("click", inputs, clicks=bench.click_points((H, W))), small_model)
+    assert step() > 0 and step() > 0 and len(check()["scores"]) == 3
+    step, _ = bench.prepare(task("memory", inputs), small_model)
+    assert step() == pytest.approx(bench.peak_rss_mib(), rel=0.05)
 
 
 def test_video_measure(small_model, inputs):
-    r = bench.measure(task("video", inputs, objects=2, frames=2), small_model)
-    assert r["samples"][0] > 0 and len(r["check"]["areas"]) == 2
+    step, check = bench.prepare(task("video", inputs, objects=2, frames=1), small_model)
+    assert step() > 0 and len(check()["areas"]) == 2
+    with pytest.raises(StopIteration):
+        step()
 
 
-def test_everything_measure(small_model, inputs):
+def test_everything_measure(small_model, inputs, monkeypatch):
     if bench.unavailable("sam2.1_hiera_t", "everything"):
         pytest.skip("segment-everything is not in this checkout")
-    r = bench.measure(task("everything", inputs, iters=1), small_model)
-    assert len(r["samples"]) == 1 and r["check"]["masks"] >= 0
+    from anyseg.predictors import everything
+
+    monkeypatch.setattr(everything, "MaskGenerator", functools.partial(everything.MaskGenerator, points_per_side=4))
+    step, check = bench.prepare(task("everything", inputs), small_model)
+    assert step() > 0 and check()["masks"] >= 0
 
 
 def test_what_cannot_be_measured():
@@ -79,27 +97,40 @@ def test_what_cannot_be_measured():
 
 
 def test_side_by_side_round(samples_dir, tmp_path, monkeypatch):
-    """A full interleaved run in subprocesses with anyseg's own child standing in for the
-    official driver: same weights give the same scores, the ratio is near 1."""
+    """A full run in subprocesses with anyseg's own measuring process standing in for the
+    official driver: calls alternate, same weights give the same scores, ratios near 1."""
     monkeypatch.setattr(bench, "official_side", lambda python, source: bench.Side(
         "official", python, ["-m", "anyseg.bench"], source))
-    cfg = bench.Config(models=["sam2.1_hiera_t", "sam9_huge"], measures=["click"], repeat=2, click_iters=2,
+    cfg = bench.Config(models=["sam2.1_hiera_t", "sam9_huge"], measures=["click"], repeat=1, click_iters=2,
                        threads=1, image=str(samples_dir / "images" / "truck.jpg"),
                        official={"sam2": str(tmp_path)}, official_python=bench.OURS.python)
     lines: list[str] = []
     report = bench.run(cfg, log=lines.append)
     click, skipped = report["results"]
-    assert len(click["anyseg"]["samples"]) == len(click["official"]["samples"]) == 4
+    assert len(click["anyseg"]["samples"]) == len(click["official"]["samples"]) == len(click["ratios"]) == 2
     assert click["check"] == "scores max diff 0.0e+00" and 0.2 < click["ratio"] < 5
+    assert len(click["anyseg"]["peak_rss_mib"]) == 1 and click["official"]["value"] > 0
     assert skipped["anyseg"] is None and "not a preset" in skipped["note"]
-    assert lines[0].startswith("skip sam9_huge click")
-    assert [line.split(": ")[0] for line in lines[1:]] == [
-        "[1/2] sam2.1_hiera_t click anyseg", "[1/2] sam2.1_hiera_t click official",
-        "[2/2] sam2.1_hiera_t click official", "[2/2] sam2.1_hiera_t click anyseg"]
+    assert lines[0].startswith("skip sam9_huge click") and lines[1].startswith("[1/1] sam2.1_hiera_t click: anyseg")
     json_path, md_path = bench.write_report(report, tmp_path / "out")
     assert json.loads(json_path.read_text())["machine"]["torch_threads"] == 1
     table = md_path.read_text()
     assert "cores; torch" in table and "| sam2.1_hiera_t | click |" in table
+
+
+def test_failing_side_is_reported(tmp_path, monkeypatch):
+    """An official python that cannot run the driver: its error is reported, ours still measured."""
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(image)
+    monkeypatch.setattr(bench, "random_weights", lambda model, path: path)
+    monkeypatch.setattr(bench, "OURS", bench.Side("anyseg", sys.executable, ["-c", FAKE_CHILD]))
+    cfg = bench.Config(models=["sam2.1_hiera_t"], measures=["encode"], repeat=1, iters=2, threads=1,
+                       image=str(image), official={"sam2": str(tmp_path)}, official_python=sys.executable)
+    report = bench.run(cfg, log=lambda line: None)
+    (row,) = report["results"]
+    assert row["anyseg"]["samples"] == [0.5, 0.5] and row["ratio"] is None
+    assert "exit code 1" in row["official"]["errors"][0]
+    assert "| 0.5 s | - | - |" in bench.markdown(report) and "official: exit code 1" in bench.markdown(report)
 
 
 def test_cli_argument_errors(capsys):

@@ -15,13 +15,16 @@ speed does not depend on the values):
 Every measurement runs in its own process, so each peak resident memory is its own. With
 an official source tree and a python that has torch + torchvision, the same measurement
 also runs in ``benchmarks/official_driver.py`` on the official predictors, with the same
-weights file, inputs and thread count. The two sides are interleaved, repeat by repeat,
-alternating which goes first, and the medians over all repeats are compared: the ratio
-is the official time over ours (for frames per second, ours over the official rate), so
-above 1 means anyseg is faster (or, for memory, smaller).
+weights file, inputs and thread count. Both processes are set up (model loaded, warmed
+up), then their timed calls alternate one by one, so that each pair of samples sees the
+same load on a shared machine; this repeats ``--repeat`` times in fresh processes. The
+ratio is the median over pairs of the official time over ours (for video: per frame
+step; for memory: the official peak over ours), so above 1 means anyseg is faster (or
+smaller).
 
 A measurement is described by a JSON *task* that both sides read (see :class:`Task`);
-``python -m anyseg.bench TASK_JSON`` runs one on anyseg's side.
+``python -m anyseg.bench TASK_JSON`` runs one on anyseg's side, speaking the line
+protocol of :func:`child_main` on stdin/stdout.
 """
 
 from __future__ import annotations
@@ -64,9 +67,8 @@ VIDEO_PROMPTS = (
     {"obj_id": 3, "points": [[750, 300], [700, 420]], "labels": [1, 1]},
 )
 
-# metric -> (unit, higher is better)
-UNITS = {"encode": ("s", False), "click": ("ms", False), "everything": ("s", False),
-         "video": ("fps", True), "memory": ("MiB", False)}
+# measure -> unit of the reported value (video samples are seconds per frame step)
+UNITS = {"encode": "s", "click": "ms", "everything": "s", "video": "fps", "memory": "MiB"}
 
 
 def family_of(model: str) -> str:
@@ -123,14 +125,13 @@ class Task:
     ``model``; ``image`` the input of encode, click and memory, ``everything_image`` that of
     segment-everything; ``frames_dir`` a folder of JPEG frames ``00000.jpg`` ... of which
     the first ``frames`` + 1 are tracked with the first ``objects`` of ``prompts``.
-    ``iters`` timed calls follow ``warmup`` untimed ones. The result is written as JSON to
-    ``result``. ``source`` is the official source tree (the driver's side only).
+    ``warmup`` untimed calls precede the ``iters`` timed ones the harness asks for.
+    ``source`` is the official source tree (the driver's side only).
     """
 
     model: str
     measure: str
     weights: str
-    result: str
     threads: int
     image: str = str(DEFAULT_IMAGE)
     everything_image: str = str(DEFAULT_EVERYTHING_IMAGE)
@@ -143,24 +144,15 @@ class Task:
     prompts: list = field(default_factory=lambda: [dict(p) for p in VIDEO_PROMPTS])
     source: str = ""
 
-    @property
-    def family(self) -> str:
-        return family_of(self.model)
-
 
 # ----------------------------------------------------------------------- measuring
 
 
-def timed(fn: Callable[[], object], iters: int, warmup: int) -> list[float]:
-    """Wall times in seconds of ``iters`` calls of ``fn`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+def seconds(fn: Callable[[], object]) -> float:
+    """Wall time of one call of ``fn``."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def click_points(image_hw: tuple[int, int]) -> list[list[float]]:
@@ -188,11 +180,17 @@ def load_model(model: str, weights: str):
     return net.eval().requires_grad_(False)
 
 
-def measure(task: Task, net=None) -> dict:
-    """Run ``task`` on anyseg's side (``net``: an already built model, else loaded from
-    ``task.weights``). Returns ``{"samples": [...]}`` in the measure's unit, with a
-    ``"check"`` of the outputs where the official side can be compared; the caller adds
-    the peak resident memory."""
+Step = Callable[[], float]
+Check = Callable[[], dict]
+
+
+def prepare(task: Task, net=None) -> tuple[Step, Check]:
+    """Set ``task`` up on anyseg's side (``net``: an already built model, else loaded from
+    ``task.weights``), warm-up included. Returns ``(step, check)``: ``step()`` makes one
+    timed call and returns its sample (encode and everything: seconds; click:
+    milliseconds; video: seconds of one frame step; memory: the peak resident MiB after
+    one encode and one click); ``check()`` describes the outputs so far, to compare with
+    the official side's."""
     from anyseg.predictors.image import ImagePredictor
 
     if net is None:
@@ -201,50 +199,70 @@ def measure(task: Task, net=None) -> dict:
         image = load_image(task.image)
         pred = ImagePredictor(net)
         clicks = task.clicks or click_points(image.shape[:2])
+        for _ in range(task.warmup if task.measure == "encode" else 1):
+            pred.set_image(image)
         if task.measure == "encode":
-            return {"samples": timed(lambda: pred.set_image(image), task.iters, task.warmup)}
-        pred.set_image(image)
-        if task.measure == "memory":
-            pred.predict(points=[clicks[0]], labels=[1], multimask=True)
-            return {"samples": [peak_rss_mib()]}
+            return lambda: seconds(lambda: pred.set_image(image)), dict
         first = pred.predict(points=[clicks[0]], labels=[1], multimask=True)
+        if task.measure == "memory":
+            return peak_rss_mib, dict
+        for _ in range(task.warmup):
+            pred.predict(points=[clicks[0]], labels=[1], multimask=True)
         cycle = itertools.cycle(clicks)
-        times = timed(lambda: pred.predict(points=[next(cycle)], labels=[1], multimask=True), task.iters, task.warmup)
-        return {"samples": [1000 * t for t in times], "check": {"scores": first.scores.tolist()}}
+        return (lambda: 1000 * seconds(lambda: pred.predict(points=[next(cycle)], labels=[1], multimask=True)),
+                lambda: {"scores": first.scores.tolist()})
     if task.measure == "everything":
         from anyseg.predictors.everything import MaskGenerator
 
         image = load_image(task.everything_image)
         generator = MaskGenerator(net)
         generator.predictor.set_image(image)  # warm-up: the encoder's first call is slower
-        records: list = []
-        times = timed(lambda: records.append(len(generator.generate(image))), task.iters, 0)
-        return {"samples": times, "check": {"masks": records[-1]}}
+        counts: list[int] = []
+        return lambda: seconds(lambda: counts.append(len(generator.generate(image)))), lambda: {"masks": counts[-1]}
     if task.measure == "video":
         from anyseg.predictors.video import VideoPredictor
 
-        with VideoPredictor(net).open(task.frames_dir) as session:
-            for prompt in task.prompts[: task.objects]:
-                session.add_prompt(0, prompt["obj_id"], points=prompt.get("points"),
-                                   labels=prompt.get("labels"), box=prompt.get("box"))
-            stamps, last = [], None
-            for result in session.propagate(max_frames=task.frames):
-                stamps.append(time.perf_counter())
-                last = result
-        fps = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-        return {"samples": [fps], "check": {"areas": [int(m.sum()) for m in last.masks]}}
+        session = VideoPredictor(net).open(task.frames_dir)
+        for prompt in task.prompts[: task.objects]:
+            session.add_prompt(0, prompt["obj_id"], points=prompt.get("points"),
+                               labels=prompt.get("labels"), box=prompt.get("box"))
+        frames = session.propagate(max_frames=task.frames)
+        last = [next(frames)]  # the prompted frame, segmented already
+
+        def step() -> float:
+            start = time.perf_counter()
+            last[0] = next(frames)
+            return time.perf_counter() - start
+
+        return step, lambda: {"areas": [int(m.sum()) for m in last[0].masks]}
     raise ValueError(f"unknown measure {task.measure!r}")
 
 
+MARK = "@@anyseg-bench "
+"""Prefix of the protocol's reply lines (other output of a measuring process is ignored)."""
+
+
+def reply(message: dict) -> None:
+    """Send one protocol message to the harness."""
+    print(MARK + json.dumps(message), flush=True)
+
+
 def child_main(task_json: str) -> None:
-    """Entry point of a measuring process: run the task, write its result file."""
+    """A measuring process: set the task up, reply ``{"ready": true}``; then answer each
+    ``step`` line on stdin with ``{"sample": x}``; at ``end`` (or end of input) reply with
+    the output check, the peak resident memory, the torch version and thread count."""
     import torch
 
     task = Task(**json.loads(task_json))
     torch.set_num_threads(task.threads)
-    result = measure(task)
-    result.update(peak_rss_mib=peak_rss_mib(), torch=torch.__version__, threads=torch.get_num_threads())
-    Path(task.result).write_text(json.dumps(result))
+    step, check = prepare(task)
+    reply({"ready": True})
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        reply({"sample": step()})
+    reply({"check": check(), "peak_rss_mib": peak_rss_mib(), "torch": torch.__version__,
+           "threads": torch.get_num_threads()})
 
 
 # -------------------------------------------------------------------- orchestration
@@ -252,16 +270,13 @@ def child_main(task_json: str) -> None:
 
 @dataclass
 class Side:
-    """How to run one side's measuring process: the interpreter and, for the official
+    """How to start one side's measuring process: the interpreter and, for the official
     side, the driver script and the official source tree."""
 
     name: str
     python: str
     script: list[str]
     source: str = ""
-
-    def command(self, task: Task) -> list[str]:
-        return [self.python, *self.script, json.dumps(asdict(task))]
 
 
 OURS = Side("anyseg", sys.executable, ["-m", "anyseg.bench"])
@@ -272,21 +287,53 @@ def official_side(python: str, source: str) -> Side:
     return Side("official", python, [str(OFFICIAL_DRIVER)], str(Path(source).resolve()))
 
 
-def run_task(side: Side, task: Task, timeout: float) -> dict:
-    """Run ``task`` in a fresh process of ``side``; the result, or ``{"error": ...}``."""
-    threads = str(task.threads)
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-           "PYTHONPATH": str(REPO / "src") if side is OURS else "", "TQDM_DISABLE": "1"}
-    if side.source:
-        task = Task(**{**asdict(task), "source": side.source})
-    try:
-        proc = subprocess.run(side.command(task), env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"error": " | ".join(tail) or f"exit code {proc.returncode}"}
-    return json.loads(Path(task.result).read_text())
+class WorkerError(RuntimeError):
+    """A measuring process failed; the message ends with its last lines of stderr."""
+
+
+class Worker:
+    """One measuring process, set up and waiting for ``step`` commands."""
+
+    def __init__(self, side: Side, task: Task, log_dir: Path) -> None:
+        threads = str(task.threads)
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TQDM_DISABLE": "1",
+               "PYTHONPATH": str(REPO / "src") if side is OURS else ""}
+        task_json = json.dumps({**asdict(task), "source": side.source})
+        self.side = side
+        self.stderr = (log_dir / f"{side.name}.stderr").open("w+")
+        self.proc = subprocess.Popen([side.python, *side.script, task_json], env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
+        self._read()
+
+    def step(self) -> float:
+        """One timed call; its sample."""
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        return self._read()["sample"]
+
+    def finish(self) -> dict:
+        """End the process; its final report (check, peak memory, torch version)."""
+        self.proc.stdin.write("end\n")
+        self.proc.stdin.flush()
+        final = self._read()
+        self.close()
+        return final
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.stderr.close()
+
+    def _read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(MARK):
+                return json.loads(line[len(MARK):])
+        self.proc.wait()
+        self.stderr.seek(0)
+        tail = " | ".join(self.stderr.read().strip().splitlines()[-3:])
+        self.close()
+        raise WorkerError(f"exit code {self.proc.returncode}: {tail}")
 
 
 def random_weights(model: str, path: Path, seed: int = 0) -> Path:
@@ -337,7 +384,6 @@ class Config:
     video: str = str(DEFAULT_VIDEO)
     official: dict[str, str] = field(default_factory=dict)
     official_python: str = ""
-    timeout: float = 1800.0
 
 
 def _metrics(measures: list[str]) -> list[tuple[str, str, int]]:
@@ -354,13 +400,17 @@ def _metrics(measures: list[str]) -> list[tuple[str, str, int]]:
 
 def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
     """Measure every model x measure of ``cfg`` (side by side where an official tree is
-    given); returns the report that :func:`write_report` saves."""
+    given); returns the report that :func:`write_report` saves.
+
+    For each row and repeat, both sides' processes are set up, then their timed calls
+    alternate one by one (who goes first alternates too), so each pair of samples sees
+    the same machine load; the ratio is the median over pairs of official / anyseg."""
     for m in cfg.measures:
         if m not in MEASURES:
             raise ValueError(f"unknown measure {m!r}; known: {', '.join(MEASURES)}")
+    if cfg.official and not cfg.official_python:
+        raise ValueError("an official source tree needs an official python")
     official = {k: official_side(cfg.official_python, v) for k, v in cfg.official.items()}
-    if official and not cfg.official_python:
-        raise ValueError("an official source tree needs --official-python")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="anyseg-bench-") as tmp:
         tmp_path = Path(tmp)
@@ -372,8 +422,8 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
         for model in cfg.models:
             weights = None
             for name, measure_name, objects in _metrics(cfg.measures):
-                row = {"model": model, "metric": name, "unit": UNITS[measure_name][0],
-                       "anyseg": None, "official": None, "ratio": None, "note": ""}
+                row = {"model": model, "metric": name, "unit": UNITS[measure_name],
+                       "anyseg": None, "official": None, "ratios": [], "ratio": None, "note": ""}
                 rows.append(row)
                 reason = unavailable(model, measure_name)
                 if reason:
@@ -382,11 +432,12 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
                     continue
                 if weights is None:
                     weights = random_weights(model, tmp_path / f"{model}.pt")
-                iters = {"click": cfg.click_iters, "everything": 1, "memory": 1}.get(measure_name, cfg.iters)
-                task = Task(model=model, measure=measure_name, weights=str(weights), result="",
-                            threads=cfg.threads, image=cfg.image, everything_image=cfg.everything_image,
-                            frames_dir=frames_dir, frames=cfg.frames, objects=objects, iters=iters,
-                            warmup=2 if measure_name == "click" else 1, clicks=clicks)
+                iters = {"click": cfg.click_iters, "video": cfg.frames}.get(measure_name, cfg.iters)
+                if measure_name in ("everything", "memory"):
+                    iters = 1
+                task = Task(model=model, measure=measure_name, weights=str(weights), threads=cfg.threads,
+                            image=cfg.image, everything_image=cfg.everything_image, frames_dir=frames_dir,
+                            frames=cfg.frames, objects=objects, iters=iters, clicks=clicks)
                 sides = [OURS]
                 if official_tree_key(model) in official:
                     sides.append(official[official_tree_key(model)])
@@ -395,15 +446,18 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
                 plan.append((row, task, sides))
         for r in range(cfg.repeat):
             for row, task, sides in plan:
-                order = sides if r % 2 == 0 else sides[::-1]
-                for side in order:
-                    task.result = str(tmp_path / f"result-{side.name}.json")
-                    out = run_task(side, task, cfg.timeout)
-                    _collect(row, side.name, out)
-                    shown = out.get("error") or f"{statistics.median(out['samples']):.4g} {row['unit']}"
-                    log(f"[{r + 1}/{cfg.repeat}] {row['model']} {row['metric']} {side.name}: {shown}")
+                _run_pairs(row, task, sides if r % 2 == 0 else sides[::-1], tmp_path)
+                shown = ", ".join(f"{side}: {_fmt(_value(row[side], row['unit']), row['unit'])}"
+                                  for side in ("anyseg", "official") if row[side])
+                log(f"[{r + 1}/{cfg.repeat}] {row['model']} {row['metric']}: {shown}")
     for row in rows:
-        _summarise(row)
+        if row["ratios"]:
+            row["ratio"] = statistics.median(row["ratios"])
+        for side in ("anyseg", "official"):
+            if row[side]:
+                row[side]["value"] = _value(row[side], row["unit"])
+        if row["anyseg"] and row["official"]:
+            row["check"] = compare_checks(row["anyseg"].get("check"), row["official"].get("check"))
     return {"machine": machine() | {"torch_threads": cfg.threads},
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "settings": {"repeat": cfg.repeat, "threads": cfg.threads, "image": Path(cfg.image).name,
@@ -413,31 +467,45 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
             "results": rows}
 
 
-def _collect(row: dict, side: str, out: dict) -> None:
-    """Add one process's result to ``row[side]``."""
-    entry = row[side] or {"samples": [], "peak_rss_mib": [], "errors": []}
-    row[side] = entry
-    if "error" in out:
-        entry["errors"].append(out["error"])
-        return
-    entry["samples"] += out["samples"]
-    entry["peak_rss_mib"].append(round(out["peak_rss_mib"], 1))
-    entry["torch"] = out["torch"]
-    if "check" in out:
-        entry["check"] = out["check"]
+def _run_pairs(row: dict, task: Task, sides: list[Side], tmp_path: Path) -> None:
+    """One repeat of one row: start both sides, alternate their timed calls, and add
+    samples, pair ratios, peak memory, checks and errors to ``row``."""
+    entries = {}
+    for side in sides:
+        entries[side.name] = row[side.name] = row[side.name] or {"samples": [], "peak_rss_mib": [], "errors": []}
+    workers = []
+    for side in sides:
+        try:
+            workers.append(Worker(side, task, tmp_path))
+        except WorkerError as exc:
+            entries[side.name]["errors"].append(str(exc))
+    try:
+        for i in range(task.iters):
+            got = {}
+            for worker in workers if i % 2 == 0 else workers[::-1]:
+                got[worker.side.name] = worker.step()
+                entries[worker.side.name]["samples"].append(got[worker.side.name])
+            if len(got) == 2 and got["anyseg"] > 0:
+                row["ratios"].append(got["official"] / got["anyseg"])
+        for worker in workers:
+            final = worker.finish()
+            entry = entries[worker.side.name]
+            entry["peak_rss_mib"].append(round(final["peak_rss_mib"], 1))
+            entry.update(torch=final["torch"], check=final["check"])
+    except WorkerError as exc:
+        entries[worker.side.name]["errors"].append(str(exc))
+    finally:
+        for worker in workers:
+            worker.close()
 
 
-def _summarise(row: dict) -> None:
-    """Medians, the ratio (above 1: anyseg faster or smaller) and the output check."""
-    higher_better = row["unit"] == "fps"
-    for side in ("anyseg", "official"):
-        entry = row[side]
-        if entry is not None:
-            entry["median"] = statistics.median(entry["samples"]) if entry["samples"] else None
-    ours, theirs = row["anyseg"], row["official"]
-    if ours and theirs and ours["median"] and theirs["median"]:
-        row["ratio"] = ours["median"] / theirs["median"] if higher_better else theirs["median"] / ours["median"]
-        row["check"] = compare_checks(ours.get("check"), theirs.get("check"))
+def _value(entry: dict, unit: str) -> float | None:
+    """A side's headline number: the median sample (video: frames per second from the
+    median frame step)."""
+    if not entry["samples"]:
+        return None
+    median = statistics.median(entry["samples"])
+    return 1 / median if unit == "fps" else median
 
 
 def compare_checks(ours: dict | None, theirs: dict | None) -> str:
@@ -473,9 +541,10 @@ def markdown(report: dict) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, {m['torch_threads']} threads"
         + (f"; official side: torch {', '.join(sorted(official_torch))}" if official_torch else "")
-        + f". {report['date']}, {report['settings']['repeat']} interleaved repeats, medians.",
+        + f". {report['date']}; {report['settings']['repeat']} repeats, calls alternating between the sides; "
+        "medians. Ratio: the median over pairs of official time / anyseg time (memory: official / anyseg).",
         "",
-        "| model | measure | anyseg | official | ratio (x faster) | peak RSS anyseg / official | check / note |",
+        "| model | measure | anyseg | official | ratio | peak RSS anyseg / official | check / note |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
@@ -484,8 +553,8 @@ def markdown(report: dict) -> str:
         notes = [r.get("check", ""), r["note"]] + [f"{s}: {e}" for s, d in (("anyseg", ours), ("official", theirs))
                                                    for e in d.get("errors", [])[:1]]
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
-        lines.append(f"| {r['model']} | {r['metric']} | {_fmt(ours.get('median'), r['unit'])} | "
-                     f"{_fmt(theirs.get('median'), r['unit'])} | {ratio} | {rss} MiB | "
+        lines.append(f"| {r['model']} | {r['metric']} | {_fmt(ours.get('value'), r['unit'])} | "
+                     f"{_fmt(theirs.get('value'), r['unit'])} | {ratio} | {rss} MiB | "
                      f"{'; '.join(n for n in notes if n)} |")
     return "\n".join(lines) + "\n"
 
