@@ -16,6 +16,7 @@ from anyseg.errors import (
     WeightsUnavailableError,
 )
 from anyseg.loading import load_model
+from anyseg.predictors.everything import MaskGenerator
 from anyseg.predictors.image import ImagePredictor, Prediction
 from anyseg.predictors.video import FrameResult, VideoPredictor, VideoSession
 
@@ -27,6 +28,7 @@ __all__ = [
     "FrameResult",
     "ImagePredictor",
     "InvalidInputError",
+    "MaskGenerator",
     "MediaError",
     "Prediction",
     "UnknownModelError",

@@ -56,7 +56,7 @@ class Sam1Transform(Transform):
 
     def image(self, image):
         h, w = self.input_hw(image.shape[:2])
-        resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+        resized = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
         x = torch.from_numpy(resized).permute(2, 0, 1).float()
         mean = torch.tensor(self.pixel_mean).view(3, 1, 1)
         std = torch.tensor(self.pixel_std).view(3, 1, 1)
@@ -96,7 +96,7 @@ class Sam2Transform(Transform):
     def video_frame(self, image: np.ndarray) -> torch.Tensor:
         """A video frame as the official video predictor loads it: PIL's default (bicubic)
         resize to the square, ``/ 255`` in float64, then normalised in float32."""
-        resized = np.asarray(Image.fromarray(image).resize((self.size, self.size), Image.BICUBIC))
+        resized = np.array(Image.fromarray(image).resize((self.size, self.size), Image.BICUBIC))
         x = torch.from_numpy(resized / 255.0).permute(2, 0, 1).float()
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
