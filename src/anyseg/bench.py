@@ -555,7 +555,7 @@ def markdown(report: dict) -> str:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
         lines.append(f"| {r['model']} | {r['metric']} | {_fmt(ours.get('value'), r['unit'])} | "
                      f"{_fmt(theirs.get('value'), r['unit'])} | {ratio} | {rss} MiB | "
-                     f"{'; '.join(n for n in notes if n)} |")
+                     f"{'; '.join(n for n in notes if n).replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 
