@@ -38,6 +38,20 @@ class MLP(nn.Module):
         return torch.sigmoid(x) if self.sigmoid_output else x
 
 
+class MLPBlock(nn.Module):
+    """Two linear layers named ``lin1``, ``lin2`` (SAM 1's checkpoint names) with an
+    activation between: ``(..., dim)`` -> ``(..., dim)``."""
+
+    def __init__(self, dim: int, hidden_dim: int, activation: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(dim, hidden_dim)
+        self.lin2 = nn.Linear(hidden_dim, dim)
+        self.act = activation()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin2(self.act(self.lin1(x)))
+
+
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel axis of a ``(B, C, H, W)`` tensor."""
 

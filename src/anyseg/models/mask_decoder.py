@@ -29,6 +29,7 @@ class MaskDecoderConfig:
     dynamic_multimask_via_stability: bool = False
     dynamic_multimask_stability_delta: float = 0.05
     dynamic_multimask_stability_thresh: float = 0.98
+    lin_mlp: bool = False  # SAM 1 checkpoints name the token MLPs' layers lin1/lin2
 
 
 @dataclass
@@ -65,7 +66,7 @@ class MaskDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         dim = cfg.dim
-        self.transformer = TwoWayTransformer(depth=2, dim=dim, num_heads=8, mlp_dim=2048)
+        self.transformer = TwoWayTransformer(depth=2, dim=dim, num_heads=8, mlp_dim=2048, lin_mlp=cfg.lin_mlp)
         self.num_mask_tokens = cfg.num_multimask_outputs + 1
         self.iou_token = nn.Embedding(1, dim)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)

@@ -32,7 +32,7 @@ class SamConfig:
     encoder: ViTConfig | TinyViTConfig
     prompt_embed_dim: int = 256
     mask_in_chans: int = 16
-    decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)
+    decoder: MaskDecoderConfig = field(default_factory=lambda: MaskDecoderConfig(lin_mlp=True))
     mask_threshold: float = 0.0
 
     @property
@@ -53,20 +53,6 @@ PRESETS: dict[str, SamConfig] = {
     "sam_vit_h": SamConfig(encoder=VIT_H),
     "mobile_sam_vit_t": SamConfig(encoder=TINY_VIT_5M),
 }
-
-
-class MLPBlock(nn.Module):
-    """SAM 1's two-layer MLP with a ReLU (child names ``lin1``, ``lin2``):
-    ``(..., dim)`` -> ``(..., dim)``."""
-
-    def __init__(self, dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        self.lin1 = nn.Linear(dim, hidden_dim)
-        self.lin2 = nn.Linear(hidden_dim, dim)
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(self.act(self.lin1(x)))
 
 
 class SamModel(nn.Module):
@@ -91,11 +77,6 @@ class SamModel(nn.Module):
             cfg.prompt_embed_dim, grid, (cfg.image_size, cfg.image_size), cfg.mask_in_chans
         )
         self.mask_decoder = MaskDecoder(cfg.decoder)
-        # The decoder's token MLPs compute the same function in SAM and SAM 2, but SAM's
-        # checkpoints name their layers lin1/lin2 (SAM 2: layers.0/layers.1).
-        for layer in self.mask_decoder.transformer.layers:
-            hidden = layer.mlp.layers[0]
-            layer.mlp = MLPBlock(hidden.in_features, hidden.out_features)
 
     @property
     def device(self) -> torch.device:

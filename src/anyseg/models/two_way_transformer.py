@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from anyseg.models.common import MLP, Attention
+from anyseg.models.common import MLP, Attention, MLPBlock
 
 
 def tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -63,13 +63,15 @@ class TwoWayAttentionBlock(nn.Module):
     """Token self-attention, token->image cross-attention, token MLP, then
     image->token cross-attention; post-norm after each."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, downsample_rate: int, skip_first_layer_pe: bool):
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, downsample_rate: int, skip_first_layer_pe: bool,
+                 lin_mlp: bool = False):
         super().__init__()
         self.self_attn = Attention(dim, num_heads)
         self.norm1 = nn.LayerNorm(dim)
         self.cross_attn_token_to_image = Attention(dim, num_heads, downsample_rate)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, mlp_dim, dim, num_layers=2, activation=nn.ReLU)
+        # the same function; SAM 1 checkpoints name its layers lin1/lin2, SAM 2's layers.0/1
+        self.mlp = MLPBlock(dim, mlp_dim, nn.ReLU) if lin_mlp else MLP(dim, mlp_dim, dim, num_layers=2, activation=nn.ReLU)
         self.norm3 = nn.LayerNorm(dim)
         self.norm4 = nn.LayerNorm(dim)
         self.cross_attn_image_to_token = Attention(dim, num_heads, downsample_rate)
@@ -94,10 +96,11 @@ class TwoWayAttentionBlock(nn.Module):
 
 
 class TwoWayTransformer(nn.Module):
-    def __init__(self, depth: int = 2, dim: int = 256, num_heads: int = 8, mlp_dim: int = 2048, downsample_rate: int = 2):
+    def __init__(self, depth: int = 2, dim: int = 256, num_heads: int = 8, mlp_dim: int = 2048, downsample_rate: int = 2,
+                 lin_mlp: bool = False):
         super().__init__()
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(dim, num_heads, mlp_dim, downsample_rate, skip_first_layer_pe=(i == 0))
+            TwoWayAttentionBlock(dim, num_heads, mlp_dim, downsample_rate, skip_first_layer_pe=(i == 0), lin_mlp=lin_mlp)
             for i in range(depth)
         )
         self.final_attn_token_to_image = Attention(dim, num_heads, downsample_rate)

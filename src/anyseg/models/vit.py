@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from anyseg.models.common import LayerNorm2d, MLPBlock
 
 __all__ = [
     "ViTConfig",
@@ -142,19 +142,6 @@ class PatchEmbed(nn.Module):
         return self.proj(x).permute(0, 2, 3, 1).contiguous()
 
 
-class FeedForward(nn.Module):
-    """Two linear layers with a GELU between: ``(..., dim)`` to ``(..., dim)``."""
-
-    def __init__(self, dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        self.lin1 = nn.Linear(dim, hidden_dim)
-        self.lin2 = nn.Linear(hidden_dim, dim)
-        self.act = nn.GELU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(self.act(self.lin1(x)))
-
-
 class RelPosAttention(nn.Module):
     """Multi-head self-attention over a 2-D token grid, with decomposed relative
     position terms.
@@ -242,7 +229,7 @@ class ViTBlock(nn.Module):
             grid=(window_size, window_size) if window_size > 0 else grid,
         )
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = FeedForward(dim, int(dim * mlp_ratio))
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), nn.GELU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm1(x)
