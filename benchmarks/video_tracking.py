@@ -5,6 +5,9 @@ on ``../shared/samples/videos/bedroom.mp4`` (960x540). Each measurement runs in 
 process so that its peak resident memory is its own. Usage::
 
     python benchmarks/video_tracking.py [--frames 30] [--memory-frames 500]
+
+Frame rates go to ``results/video_tracking.json``, the long memory run to
+``results/video_memory.json``; ``--precisions ""`` or ``--memory-frames 0`` skips either.
 """
 
 from __future__ import annotations
@@ -115,20 +118,22 @@ def main() -> None:
     def run(*extra):
         cmd = [sys.executable, __file__, "--preset", args.preset, "--frames", str(args.frames),
                "--memory-frames", str(args.memory_frames), "--memory-precision", args.memory_precision, *extra]
-        return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+        return json.loads(out)
 
-    results = {"preset": args.preset, "video": VIDEO.name}
-    for precision in args.precisions.split(","):
+    results = {"preset": args.preset, "video": VIDEO.name, "frames_timed": args.frames}
+    for precision in filter(None, args.precisions.split(",")):
         for objects in (1, 3):
             r = run("--child", "fps", "--objects", str(objects), "--precision", precision)
             results[f"fps_{objects}_objects_{precision}"] = r
             print(f"{precision}, {objects} object(s): {r['fps']:.2f} frames/s, peak RSS {r['peak_rss_mib']:.0f} MiB",
                   flush=True)
+    if len(results) > 3:
+        print("written", write_results("video_tracking", results))
     if args.memory_frames:
         r = run("--child", "memory")
-        results["memory"] = r
         print(f"memory over {args.memory_frames} frames: {r['rss_mib_after_frames']}", flush=True)
-    print("written", write_results("video_tracking", results))
+        print("written", write_results("video_memory", {"preset": args.preset, "video": VIDEO.name, **r}))
 
 
 if __name__ == "__main__":

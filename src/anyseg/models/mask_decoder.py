@@ -51,14 +51,33 @@ def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> to
     return torch.where(union > 0, inter / union, torch.ones_like(inter))
 
 
-def _deconv2x2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
-    """A 2x2, stride-2 transposed convolution of a channels-last ``(B, h, w, Cin)`` map,
-    as one matrix product: ``(B, 2h, 2w, Cout)``."""
-    b, h, w, cin = x.shape
-    cout = conv.out_channels
-    y = x.reshape(b, h * w, cin) @ conv.weight.reshape(cin, cout * 4)  # weight: (Cin, Cout, 2, 2)
-    y = y.reshape(b, h, w, cout, 2, 2).permute(0, 1, 4, 2, 5, 3).reshape(b, 2 * h, 2 * w, cout)
-    return y + conv.bias
+def _deconv_weight(conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """A 2x2, stride-2 transposed convolution's weight ``(Cin, Cout, 2, 2)`` as one
+    ``(Cin, 4 * Cout)`` matrix whose columns run over (di, dj, Cout)."""
+    cin, cout = conv.weight.shape[:2]
+    return conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)
+
+
+def _to_blocks(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """``(B, C, 2^L h, 2^L w)`` -> ``(B, h w 4^(L-1), 4 C)``: the pixel order of
+    :meth:`MaskDecoder._upscale` after L 2x2 transposed convolutions (pixel ``(i, j)`` of
+    the ``h x w`` grid, then the (di, dj) sub-pixel of each level; channels last)."""
+    b, c, hh, ww = x.shape
+    h, w = hh >> levels, ww >> levels
+    x = x.reshape(b, c, h, *[2] * levels, w, *[2] * levels)
+    rows, cols = list(range(3, 3 + levels)), list(range(4 + levels, 4 + 2 * levels))
+    order = [0, 2, 3 + levels] + [d for pair in zip(rows, cols) for d in pair] + [1]
+    return x.permute(*order).reshape(b, h * w * 4 ** (levels - 1), 4 * c)
+
+
+def _from_blocks(x: torch.Tensor, h: int, w: int, levels: int) -> torch.Tensor:
+    """Inverse of the pixel order of :func:`_to_blocks` for ``(B, h w 4^L, K)`` values:
+    ``(B, K, 2^L h, 2^L w)``."""
+    b, _, k = x.shape
+    x = x.reshape(b, h, w, *[2, 2] * levels, k)
+    rows, cols = list(range(3, 3 + 2 * levels, 2)), list(range(4, 4 + 2 * levels, 2))
+    x = x.permute(0, 3 + 2 * levels, 1, *rows, 2, *cols)
+    return x.reshape(b, k, h << levels, w << levels)
 
 
 class MaskDecoder(nn.Module):
@@ -123,16 +142,15 @@ class MaskDecoder(nn.Module):
         pos = image_pe.expand(b, -1, -1, -1)
         _, c, h, w = src.shape
 
-        hs, src = self.transformer(src, pos, tokens)
+        hs, src = self.transformer(src, pos, tokens)  # src: (B, h w, C)
         iou_token_out = hs[:, first, :]
         mask_tokens_out = hs[:, first + 1 : first + 1 + self.num_mask_tokens, :]
 
-        up = self._upscale(src.reshape(b, h, w, c), high_res_features)  # (B, 4h, 4w, C/8)
+        up = self._upscale(src, high_res_features)  # (B, 16 h w, C/8), in blocks
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        _, h, w, c = up.shape
-        masks = (up.reshape(b, h * w, c) @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
+        masks = _from_blocks(up @ hyper_in.transpose(1, 2), h, w, levels=2)
 
         iou = self.iou_prediction_head(iou_token_out)
         if self.cfg.pred_obj_scores:
@@ -142,19 +160,39 @@ class MaskDecoder(nn.Module):
         return DecoderOutput(masks, iou, mask_tokens_out, object_score)
 
     def _upscale(self, x: torch.Tensor, high_res_features: list[torch.Tensor] | None) -> torch.Tensor:
-        """``output_upscaling`` (with SAM 2's high-res skips) on a channels-last map:
-        ``(B, h, w, C)`` -> ``(B, 4h, 4w, C/8)``. The layers run channels-last, each
-        transposed conv as one matrix product, which avoids layout conversions."""
+        """``output_upscaling`` (with SAM 2's high-res skips) on image tokens ``(B, h w, C)``:
+        ``(B, 16 h w, C/8)`` with the pixels in the blocked order of :func:`_to_blocks`.
+
+        Each transposed convolution is one matrix product whose output sub-pixels are left
+        where the product puts them (never transposed back into raster order): layer norm,
+        GELU and the mask product are per pixel, so only the final masks are reordered.
+        """
         dc1, ln1, act1, dc2, act2 = self.output_upscaling
-        x = _deconv2x2(x, dc1)
-        if self.cfg.use_high_res_features:
-            feat_s0, feat_s1 = high_res_features
-            x = x + feat_s1.permute(0, 2, 3, 1)
+        b, n, _ = x.shape
+        add1, add2 = self._skips(high_res_features)
+        x = torch.baddbmm(add1, x, _deconv_weight(dc1).expand(b, -1, -1)).reshape(b, 4 * n, -1)
         x = act1(F.layer_norm(x, x.shape[-1:], ln1.weight, ln1.bias, ln1.eps))
-        x = _deconv2x2(x, dc2)
-        if self.cfg.use_high_res_features:
-            x = x + feat_s0.permute(0, 2, 3, 1)
+        x = torch.baddbmm(add2, x, _deconv_weight(dc2).expand(b, -1, -1)).reshape(b, 16 * n, -1)
         return act2(x)
+
+    def _skips(self, high_res_features: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """What each transposed convolution adds to its product: its bias, plus (SAM 2) the
+        stride-8 / stride-4 skip features in the blocked pixel order. The last result is
+        cached, keyed on the inputs' memory and holding a reference to them (so that memory
+        is not reused; feature maps are never modified in place): the prompts on one image
+        reorder them once."""
+        dc1, _, _, dc2, _ = self.output_upscaling
+        if not self.cfg.use_high_res_features:
+            return dc1.bias.repeat(4), dc2.bias.repeat(4)
+        feat_s0, feat_s1 = high_res_features
+        key = [(t.data_ptr(), t.shape, t.stride()) for t in (feat_s0, feat_s1)]
+        cached = getattr(self, "_skip_cache", None)
+        if cached is not None and cached[1] == key:
+            return cached[2]
+        skips = (_to_blocks(feat_s1, 1) + dc1.bias.repeat(4), _to_blocks(feat_s0, 2) + dc2.bias.repeat(4))
+        if not self.training and not torch.is_grad_enabled():
+            self._skip_cache = ((feat_s0, feat_s1), key, skips)
+        return skips
 
     def select(self, out: DecoderOutput, multimask: bool) -> DecoderOutput:
         """Keep the three multimask outputs, or one mask (token 0, or the dynamic choice)."""

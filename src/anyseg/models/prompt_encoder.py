@@ -52,7 +52,8 @@ class PromptEncoder(nn.Module):
         pe = self._dense_pe
         weight = self.pe_layer.positional_encoding_gaussian_matrix
         if self.training or pe is None or pe.device != weight.device or pe.dtype != weight.dtype:
-            pe = self.pe_layer(self.embedding_size).unsqueeze(0)
+            # channels-last: the decoder reads it as (1, h w, C) tokens
+            pe = self.pe_layer(self.embedding_size).unsqueeze(0).contiguous(memory_format=torch.channels_last)
             self._dense_pe = None if self.training else pe
         return pe
 

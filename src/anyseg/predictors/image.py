@@ -157,10 +157,9 @@ class ImagePredictor:
         with autocast(self.model.device, self.precision):
             out = self.model.predict_masks(self._features.select(index), coords, lab, boxes, masks_in, multimask)
         logits = out.masks.float()
-        full = self.transform.masks(logits, hw)
+        masks = (self.transform.masks(logits, hw) > self.mask_threshold).cpu().numpy()
         if self.transform.low_res_clamp is not None:
             logits = logits.clamp(-self.transform.low_res_clamp, self.transform.low_res_clamp)
-        masks = (full > self.mask_threshold).cpu().numpy()
         scores = out.iou.float().cpu().numpy()
         logits = logits.cpu().numpy()
         if not batched:
