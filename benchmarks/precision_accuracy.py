@@ -1,5 +1,6 @@
 """Accuracy cost of the opt-in reduced precisions, measured against the official fp32
-outputs in ``../shared/fixtures`` (SAM 2.1-tiny image cases and the video replay).
+outputs in ``../shared/fixtures`` (the SAM 2.1-tiny and MobileSAM image cases, and the
+SAM 2.1-tiny video replay).
 
 Usage::
 
@@ -19,33 +20,28 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from common import write_results  # noqa: E402
-from parity import fixture_image, fixture_index, image_cases, load_fixture_state_dict, mask_iou, unpack_masks  # noqa: E402
+from parity import fixture_image, fixture_index, image_cases, mask_iou, run_image_case, unpack_masks  # noqa: E402
 
-from anyseg import ImagePredictor  # noqa: E402
-from anyseg.models.sam2 import build_sam2  # noqa: E402
+from anyseg import ImagePredictor, load_model  # noqa: E402
 from anyseg.predictors.video import VideoPredictor  # noqa: E402
 
 FIXTURES = HERE.parents[1] / "shared" / "fixtures"
-KEY = "sam2.1_hiera_tiny"
+IMAGE_KEYS = ("sam2.1_hiera_tiny", "mobile_sam_vit_t")
+VIDEO_KEY = "sam2.1_hiera_tiny"
 
 
-def image_accuracy(model, precision: str) -> dict:
-    outputs = np.load(FIXTURES / fixture_index(FIXTURES)[KEY]["image_outputs"])
+def image_accuracy(model, key: str, precision: str) -> dict:
+    outputs = np.load(FIXTURES / fixture_index(FIXTURES)[key]["image_outputs"])
     logit_diff, iou_diff, ious, encode_s = 0.0, 0.0, [], []
     preds = {}
-    for image, case in image_cases(FIXTURES, KEY):
+    for image, case in image_cases(FIXTURES, key):
         if image not in preds:
             preds[image] = ImagePredictor(model, precision=precision)
             t = time.perf_counter()
             preds[image].set_image(fixture_image(FIXTURES, image))
             encode_s.append(time.perf_counter() - t)
         prefix = f"{image}/{case['name']}"
-        mask_input = None
-        if case.get("mask_from"):
-            src = f"{image}/{case['mask_from']}"
-            mask_input = outputs[f"{src}/low_res_logits"][int(np.argmax(outputs[f"{src}/iou"]))][None]
-        out = preds[image].predict(points=case.get("point_coords"), labels=case.get("point_labels"),
-                                   box=case.get("box"), mask_input=mask_input, multimask=case["multimask"])
+        out = run_image_case(preds[image], case, outputs, image)
         logit_diff = max(logit_diff, float(np.abs(out.logits - outputs[f"{prefix}/low_res_logits"]).max()))
         iou_diff = max(iou_diff, float(np.abs(out.scores - outputs[f"{prefix}/iou"]).max()))
         ref = unpack_masks(outputs, prefix).reshape(-1, *out.masks.shape[-2:])
@@ -55,7 +51,7 @@ def image_accuracy(model, precision: str) -> dict:
 
 
 def video_accuracy(model, precision: str) -> dict:
-    video = fixture_index(FIXTURES)[KEY]["video"]
+    video = fixture_index(FIXTURES)[VIDEO_KEY]["video"]
     ref = np.load(FIXTURES / video["outputs"])
     session = VideoPredictor(model, fill_hole_area=0, precision=precision).open(FIXTURES / video["frames_dir"])
     h, w = video["video_hw"]
@@ -81,22 +77,24 @@ def video_accuracy(model, precision: str) -> dict:
             "object_score_sign_agreement": float(np.mean(sign_agree)), "seconds": time.perf_counter() - t0}
 
 
+def fixture_model(key: str):
+    return load_model(checkpoint=FIXTURES / fixture_index(FIXTURES)[key]["checkpoint"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--no-video", action="store_true")
     args = ap.parse_args()
-    model = build_sam2("sam2.1_hiera_t")
-    model.load_state_dict(load_fixture_state_dict(FIXTURES / fixture_index(FIXTURES)[KEY]["checkpoint"]))
-    model.eval().requires_grad_(False)
+    models = {key: fixture_model(key) for key in IMAGE_KEYS}
     results = {}
     for precision in args.precisions.split(","):
-        r = {"image": image_accuracy(model, precision)}
+        r = {f"image_{key}": image_accuracy(models[key], key, precision) for key in IMAGE_KEYS}
         if not args.no_video:
-            r["video"] = video_accuracy(model, precision)
+            r[f"video_{VIDEO_KEY}"] = video_accuracy(models[VIDEO_KEY], precision)
         results[precision] = r
         print(precision, r, flush=True)
-    print("written", write_results("precision_accuracy", {"model": KEY, "results": results}))
+    print("written", write_results("precision_accuracy", {"results": results}))
 
 
 if __name__ == "__main__":

@@ -98,24 +98,29 @@ def test_what_cannot_be_measured():
 
 def test_side_by_side_round(samples_dir, tmp_path, monkeypatch):
     """A full run in subprocesses with anyseg's own measuring process standing in for the
-    official driver: calls alternate, same weights give the same scores, ratios near 1."""
+    official driver: calls alternate, same weights give the same scores, ratios near 1; each
+    precision gets its own rows."""
     monkeypatch.setattr(bench, "official_side", lambda python, source: bench.Side(
         "official", python, ["-m", "anyseg.bench"], source))
     cfg = bench.Config(models=["sam2.1_hiera_t", "sam9_huge"], measures=["click"], repeat=1, click_iters=2,
                        threads=1, image=str(samples_dir / "images" / "truck.jpg"),
-                       official={"sam2": str(tmp_path)}, official_python=bench.OURS.python)
+                       official={"sam2": str(tmp_path)}, official_python=bench.OURS.python,
+                       precisions=["fp32", "bf16"])
     lines: list[str] = []
     report = bench.run(cfg, log=lines.append)
-    click, skipped = report["results"]
+    click, click_bf16, skipped, _ = report["results"]
+    # the stand-in reads the task's precision too (the official driver ignores it)
+    assert click_bf16["precision"] == "bf16" and click_bf16["check"] == "scores max diff 0.0e+00"
     assert len(click["anyseg"]["samples"]) == len(click["official"]["samples"]) == len(click["ratios"]) == 2
     assert click["check"] == "scores max diff 0.0e+00" and 0.2 < click["ratio"] < 5
     assert len(click["anyseg"]["peak_rss_mib"]) == 1 and click["official"]["value"] > 0
     assert skipped["anyseg"] is None and "not a preset" in skipped["note"]
-    assert lines[0].startswith("skip sam9_huge click") and lines[1].startswith("[1/1] sam2.1_hiera_t click: anyseg")
+    assert lines[0].startswith("skip sam9_huge click") and lines[2].startswith("[1/1] sam2.1_hiera_t click (fp32): anyseg")
     json_path, md_path = bench.write_report(report, tmp_path / "out")
     assert json.loads(json_path.read_text())["machine"]["torch_threads"] == 1
     table = md_path.read_text()
-    assert "cores; torch" in table and "| sam2.1_hiera_t | click |" in table
+    assert "cores; torch" in table and "| sam2.1_hiera_t | click | fp32 |" in table
+    assert "| sam2.1_hiera_t | click | bf16 |" in table
 
 
 def test_failing_side_is_reported(tmp_path, monkeypatch):

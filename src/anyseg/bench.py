@@ -126,7 +126,9 @@ class Task:
     segment-everything; ``frames_dir`` a folder of JPEG frames ``00000.jpg`` ... of which
     the first ``frames`` + 1 are tracked with the first ``objects`` of ``prompts``.
     ``warmup`` untimed calls precede the ``iters`` timed ones the harness asks for.
-    ``source`` is the official source tree (the driver's side only).
+    ``source`` is the official source tree (the driver's side only). ``precision`` is
+    anyseg's (``fp32``, ``bf16`` or ``fp16``); the official side always computes in fp32,
+    its only CPU mode.
     """
 
     model: str
@@ -143,6 +145,7 @@ class Task:
     clicks: list = field(default_factory=list)
     prompts: list = field(default_factory=lambda: [dict(p) for p in VIDEO_PROMPTS])
     source: str = ""
+    precision: str = "fp32"
 
 
 # ----------------------------------------------------------------------- measuring
@@ -197,7 +200,7 @@ def prepare(task: Task, net=None) -> tuple[Step, Check]:
         net = load_model(task.model, task.weights)
     if task.measure in ("encode", "click", "memory"):
         image = load_image(task.image)
-        pred = ImagePredictor(net)
+        pred = ImagePredictor(net, precision=task.precision)
         clicks = task.clicks or click_points(image.shape[:2])
         for _ in range(task.warmup if task.measure == "encode" else 1):
             pred.set_image(image)
@@ -215,14 +218,14 @@ def prepare(task: Task, net=None) -> tuple[Step, Check]:
         from anyseg.predictors.everything import MaskGenerator
 
         image = load_image(task.everything_image)
-        generator = MaskGenerator(net)
+        generator = MaskGenerator(net, precision=task.precision)
         generator.predictor.set_image(image)  # warm-up: the encoder's first call is slower
         counts: list[int] = []
         return lambda: seconds(lambda: counts.append(len(generator.generate(image)))), lambda: {"masks": counts[-1]}
     if task.measure == "video":
         from anyseg.predictors.video import VideoPredictor
 
-        session = VideoPredictor(net).open(task.frames_dir)
+        session = VideoPredictor(net, precision=task.precision).open(task.frames_dir)
         for prompt in task.prompts[: task.objects]:
             session.add_prompt(0, prompt["obj_id"], points=prompt.get("points"),
                                labels=prompt.get("labels"), box=prompt.get("box"))
@@ -384,6 +387,7 @@ class Config:
     video: str = str(DEFAULT_VIDEO)
     official: dict[str, str] = field(default_factory=dict)
     official_python: str = ""
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
 
 
 def _metrics(measures: list[str]) -> list[tuple[str, str, int]]:
@@ -419,10 +423,10 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
             frames_dir = str(extract_frames(cfg.video, cfg.frames + 1, tmp_path / "frames"))
         clicks = click_points(load_image(cfg.image).shape[:2])
         plan = []
-        for model in cfg.models:
+        for model, precision in itertools.product(cfg.models, cfg.precisions):
             weights = None
             for name, measure_name, objects in _metrics(cfg.measures):
-                row = {"model": model, "metric": name, "unit": UNITS[measure_name],
+                row = {"model": model, "metric": name, "precision": precision, "unit": UNITS[measure_name],
                        "anyseg": None, "official": None, "ratios": [], "ratio": None, "note": ""}
                 rows.append(row)
                 reason = unavailable(model, measure_name)
@@ -430,14 +434,14 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
                     row["note"] = reason
                     log(f"skip {model} {name}: {reason}")
                     continue
-                if weights is None:
+                if weights is None:  # the same file for every precision
                     weights = random_weights(model, tmp_path / f"{model}.pt")
                 iters = {"click": cfg.click_iters, "video": cfg.frames}.get(measure_name, cfg.iters)
                 if measure_name in ("everything", "memory"):
                     iters = 1
                 task = Task(model=model, measure=measure_name, weights=str(weights), threads=cfg.threads,
                             image=cfg.image, everything_image=cfg.everything_image, frames_dir=frames_dir,
-                            frames=cfg.frames, objects=objects, iters=iters, clicks=clicks)
+                            frames=cfg.frames, objects=objects, iters=iters, clicks=clicks, precision=precision)
                 sides = [OURS]
                 if official_tree_key(model) in official:
                     sides.append(official[official_tree_key(model)])
@@ -449,7 +453,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
                 _run_pairs(row, task, sides if r % 2 == 0 else sides[::-1], tmp_path)
                 shown = ", ".join(f"{side}: {_fmt(_value(row[side], row['unit']), row['unit'])}"
                                   for side in ("anyseg", "official") if row[side])
-                log(f"[{r + 1}/{cfg.repeat}] {row['model']} {row['metric']}: {shown}")
+                log(f"[{r + 1}/{cfg.repeat}] {row['model']} {row['metric']} ({row['precision']}): {shown}")
     for row in rows:
         if row["ratios"]:
             row["ratio"] = statistics.median(row["ratios"])
@@ -460,7 +464,8 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
             row["check"] = compare_checks(row["anyseg"].get("check"), row["official"].get("check"))
     return {"machine": machine() | {"torch_threads": cfg.threads},
             "date": time.strftime("%Y-%m-%d %H:%M"),
-            "settings": {"repeat": cfg.repeat, "threads": cfg.threads, "image": Path(cfg.image).name,
+            "settings": {"repeat": cfg.repeat, "threads": cfg.threads, "precisions": cfg.precisions,
+                         "image": Path(cfg.image).name,
                          "everything_image": Path(cfg.everything_image).name,
                          "video": Path(cfg.video).name, "video_frames": cfg.frames,
                          "official": {k: str(v) for k, v in cfg.official.items()}},
@@ -542,10 +547,11 @@ def markdown(report: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, {m['torch_threads']} threads"
         + (f"; official side: torch {', '.join(sorted(official_torch))}" if official_torch else "")
         + f". {report['date']}; {report['settings']['repeat']} repeats, calls alternating between the sides; "
-        "medians. Ratio: the median over pairs of official time / anyseg time (memory: official / anyseg).",
+        "medians. Ratio: the median over pairs of official time / anyseg time (memory: official / anyseg). "
+        "Precision: anyseg's (the official side computes in fp32).",
         "",
-        "| model | measure | anyseg | official | ratio | peak RSS anyseg / official | check / note |",
-        "|---|---|---|---|---|---|---|",
+        "| model | measure | precision | anyseg | official | ratio | peak RSS anyseg / official | check / note |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         ours, theirs = r["anyseg"] or {}, r["official"] or {}
@@ -553,7 +559,7 @@ def markdown(report: dict) -> str:
         notes = [r.get("check", ""), r["note"]] + [f"{s}: {e}" for s, d in (("anyseg", ours), ("official", theirs))
                                                    for e in d.get("errors", [])[:1]]
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
-        lines.append(f"| {r['model']} | {r['metric']} | {_fmt(ours.get('value'), r['unit'])} | "
+        lines.append(f"| {r['model']} | {r['metric']} | {r.get('precision', 'fp32')} | {_fmt(ours.get('value'), r['unit'])} | "
                      f"{_fmt(theirs.get('value'), r['unit'])} | {ratio} | {rss} MiB | "
                      f"{'; '.join(n for n in notes if n).replace('|', '/')} |")
     return "\n".join(lines) + "\n"

@@ -44,6 +44,8 @@ def register(sub) -> None:
                    help=f"comma-separated presets (default: {','.join(bench.MODELS)})")
     p.add_argument("--measures", type=_names(bench.MEASURES), default=list(bench.MEASURES), metavar="LIST",
                    help=f"comma-separated subset of {','.join(bench.MEASURES)} (default: all)")
+    p.add_argument("--precisions", type=_names(["fp32", "bf16", "fp16"]), default=["fp32"], metavar="LIST",
+                   help="anyseg's precisions to measure, e.g. fp32,bf16 (default: fp32; the official side is fp32)")
     p.add_argument("--repeat", type=int, default=3, metavar="N",
                    help="interleaved repeats, each in fresh processes (default: 3)")
     p.add_argument("--iters", type=int, default=3, metavar="N", help="timed encodes per process (default: 3)")
@@ -87,7 +89,7 @@ def run_bench(args: argparse.Namespace) -> int:
     cfg = bench.Config(models=args.models, measures=args.measures, repeat=args.repeat, iters=args.iters,
                        click_iters=args.clicks, frames=args.frames, threads=args.threads, image=args.image,
                        everything_image=args.everything_image, video=args.video, official=official,
-                       official_python=args.official_python or "")
+                       official_python=args.official_python or "", precisions=args.precisions)
     report = bench.run(cfg, log=lambda line: print(line, flush=True))
     paths = bench.write_report(report, args.out)
     print()

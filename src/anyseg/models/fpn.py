@@ -14,8 +14,8 @@ class FpnNeck(nn.Module):
     """Projects each trunk stage to ``d_model`` channels with a 1x1 conv; the levels in
     ``top_down_levels`` also add the nearest-upsampled coarser level.
 
-    Input: the trunk's maps, highest resolution first. Output: the same number of
-    ``(B, d_model, H_i, W_i)`` maps and their sine position encodings.
+    :meth:`level` computes one output level ``(B, d_model, H_i, W_i)`` from the trunk's
+    maps (highest resolution first); ``position_encoding`` encodes a level's grid.
     """
 
     def __init__(self, backbone_channel_list: list[int], d_model: int = 256, top_down_levels=(2, 3)) -> None:
@@ -28,34 +28,28 @@ class FpnNeck(nn.Module):
         self.top_down_levels = tuple(top_down_levels)
         self.position_encoding = PositionEmbeddingSine(d_model)
 
-    def forward(self, xs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        n = len(self.convs) - 1
-        out: list[torch.Tensor] = [None] * (n + 1)  # type: ignore[list-item]
-        prev = None
-        for i in range(n, -1, -1):  # coarsest first
-            lateral = self.convs[n - i](xs[i])
-            if i in self.top_down_levels and prev is not None:
-                top_down = F.interpolate(prev.float(), scale_factor=2.0, mode="nearest")
-                prev = lateral + top_down
-            else:
-                prev = lateral
-            out[i] = prev
-        pos = [self.position_encoding(x) for x in out]
-        return out, pos
+    def level(self, xs: list[torch.Tensor], i: int, then: nn.Conv2d | None = None) -> torch.Tensor:
+        """Output level ``i`` (0: finest). ``then``: a 1x1 conv applied to a level without
+        top-down input, folded into its lateral conv (one ``Cin -> Cout`` conv instead of
+        ``Cin -> d_model -> Cout``; the ``d_model``-channel map is never formed)."""
+        lateral = self.convs[len(self.convs) - 1 - i].conv  # convs run coarsest first
+        coarser = i + 1 < len(xs) and i in self.top_down_levels
+        if then is not None:
+            if coarser:
+                raise ValueError("only a level without top-down input can be folded")
+            w2 = then.weight.flatten(1)  # (Cout, d_model)
+            weight = (w2 @ lateral.weight.flatten(1))[..., None, None]
+            return F.conv2d(xs[i], weight, w2 @ lateral.bias + then.bias)
+        out = lateral(xs[i])
+        if coarser:
+            out = out + F.interpolate(self.level(xs, i + 1).float(), scale_factor=2.0, mode="nearest")
+        return out
 
 
 class Sam2ImageEncoder(nn.Module):
-    """Hiera + FPN neck. ``forward`` maps ``(B, 3, 1024, 1024)`` to the three finest
-    levels (strides 4, 8, 16; the stride-32 level is dropped) and their encodings."""
+    """Hiera trunk + FPN neck (the modules; :meth:`Sam2Model.encode_image` runs them)."""
 
-    def __init__(self, trunk: HieraConfig, d_model: int = 256, scalp: int = 1) -> None:
+    def __init__(self, trunk: HieraConfig, d_model: int = 256) -> None:
         super().__init__()
         self.trunk = Hiera(trunk)
         self.neck = FpnNeck(trunk.channel_list, d_model)
-        self.scalp = scalp
-
-    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        features, pos = self.neck(self.trunk(images))
-        if self.scalp > 0:
-            features, pos = features[: -self.scalp], pos[: -self.scalp]
-        return features, pos

@@ -115,14 +115,12 @@ class Sam2Model(Sam2TrackerMixin, nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """``(B, 3, 1024, 1024)`` normalised images -> :class:`ImageFeatures`."""
-        feats, pos = self.image_encoder(images)
-        decoder = self.sam_mask_decoder
-        # channels-last: the mask decoder adds these to channels-last maps on every click
-        high_res = [
-            decoder.conv_s0(feats[0]).contiguous(memory_format=torch.channels_last),
-            decoder.conv_s1(feats[1]).contiguous(memory_format=torch.channels_last),
-        ]
-        return ImageFeatures(feats[2], high_res, pos[2])
+        xs = self.image_encoder.trunk(images)
+        neck, decoder = self.image_encoder.neck, self.sam_mask_decoder
+        embed = neck.level(xs, 2)  # stride 16 (the stride-32 level only feeds it, top-down)
+        # the stride-4 / stride-8 levels are only read through the decoder's 1x1 projections
+        high_res = [neck.level(xs, 0, then=decoder.conv_s0), neck.level(xs, 1, then=decoder.conv_s1)]
+        return ImageFeatures(embed, high_res, neck.position_encoding(embed))
 
     def prompt_tokens(
         self, coords: torch.Tensor | None, labels: torch.Tensor | None, boxes: torch.Tensor | None

@@ -218,7 +218,8 @@ class MaskGenerator:
     family's official default (SAM 1: 0.88, SAM 2: 0.8); every other default is the same
     in both. Thresholds at or below 0 switch their filter off. ``use_m2m`` and
     ``multimask_output=False`` are SAM 2 generator options (for SAM 1 ``use_m2m`` is
-    refused; ``multimask_output=False`` keeps the single-mask output). ``output_mode``:
+    refused; ``multimask_output=False`` keeps the single-mask output). ``precision``:
+    as :class:`ImagePredictor`'s (default exact fp32). ``output_mode``:
     ``"binary_mask"`` (``H x W`` bool arrays) or ``"coco_rle"`` (compressed RLE dicts with
     ``str`` counts).
     """
@@ -242,6 +243,7 @@ class MaskGenerator:
         output_mode: str = "binary_mask",
         use_m2m: bool = False,
         multimask_output: bool = True,
+        precision: str = "fp32",
     ) -> None:
         family = getattr(model, "family", None)
         if family not in FAMILY_DEFAULTS:
@@ -267,7 +269,7 @@ class MaskGenerator:
         self.use_m2m = bool(use_m2m)
         self.multimask_output = bool(multimask_output)
         self.point_grids = self._grids(points_per_side, point_grids, crop_n_points_downscale_factor)
-        self.predictor = ImagePredictor(model)
+        self.predictor = ImagePredictor(model, precision=precision)
 
     def _grids(self, points_per_side, point_grids, downscale) -> list[np.ndarray]:
         if (points_per_side is None) == (point_grids is None):
