@@ -88,8 +88,9 @@ class SamModel(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """``(B, 3, S, S)`` normalised, padded images (S = ``image_size``) ->
-        :class:`ImageFeatures` with ``embed`` ``(B, 256, 64, 64)``."""
-        return ImageFeatures(self.image_encoder(images))
+        :class:`ImageFeatures` with ``embed`` ``(B, 256, 64, 64)`` (channels-last in memory:
+        the mask decoder reads it as ``(B, 64 * 64, 256)`` tokens on every prompt)."""
+        return ImageFeatures(self.image_encoder(images).contiguous(memory_format=torch.channels_last))
 
     def prompt_tokens(
         self, coords: torch.Tensor | None, labels: torch.Tensor | None, boxes: torch.Tensor | None
