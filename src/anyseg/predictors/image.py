@@ -59,7 +59,8 @@ class ImagePredictor:
 
     Coordinates are (x, y) pixels of the original image. ``model`` is any model from
     :func:`anyseg.load_model` (SAM 1, MobileSAM or SAM 2). ``precision`` ``"bf16"`` /
-    ``"fp16"`` opts in to faster reduced-precision compute (default ``"fp32"``: exact).
+    ``"fp16"`` opts in to a faster reduced-precision image encoder (default ``"fp32"``:
+    exact); prompts are decoded in the model's dtype either way.
     """
 
     def __init__(self, model, mask_threshold: float = 0.0, precision: str = "fp32") -> None:
@@ -80,7 +81,10 @@ class ImagePredictor:
             raise InvalidInputError("set_images() needs at least one image")
         batch = torch.stack([self.transform.image(a) for a in arrays]).to(self.model.device, self.model.dtype)
         with autocast(self.model.device, self.precision):
-            self._features = self.model.encode_image(batch)
+            features = self.model.encode_image(batch)
+        # the prompt decoder computes in the model's dtype: on CPU its small products gain
+        # nothing from bf16 and autocast's per-call casts cost more than they save
+        self._features = features.to(dtype=self.model.dtype)
         self._sizes = [a.shape[:2] for a in arrays]
 
     def set_image(self, image) -> None:
@@ -154,8 +158,7 @@ class ImagePredictor:
         index = self._image_index(image)
         hw = self._sizes[index]
         coords, lab, boxes, masks_in, batched = self._prompt_tensors(points, labels, box, mask_input, hw)
-        with autocast(self.model.device, self.precision):
-            out = self.model.predict_masks(self._features.select(index), coords, lab, boxes, masks_in, multimask)
+        out = self.model.predict_masks(self._features.select(index), coords, lab, boxes, masks_in, multimask)
         logits = out.masks.float()
         masks = (self.transform.masks(logits, hw) > self.mask_threshold).cpu().numpy()
         if self.transform.low_res_clamp is not None:
