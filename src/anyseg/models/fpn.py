@@ -47,9 +47,20 @@ class FpnNeck(nn.Module):
 
 
 class Sam2ImageEncoder(nn.Module):
-    """Hiera trunk + FPN neck (the modules; :meth:`Sam2Model.encode_image` runs them)."""
+    """Hiera trunk + FPN neck."""
 
     def __init__(self, trunk: HieraConfig, d_model: int = 256) -> None:
         super().__init__()
         self.trunk = Hiera(trunk)
         self.neck = FpnNeck(trunk.channel_list, d_model)
+
+    def forward(
+        self, images: torch.Tensor, proj_s0: nn.Conv2d, proj_s1: nn.Conv2d
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(B, 3, 1024, 1024)`` -> the stride-16 level ``(B, d_model, 64, 64)`` (the
+        stride-32 level only feeds it, top-down) and the stride-4 / stride-8 levels after
+        the 1x1 projections ``proj_s0`` / ``proj_s1`` (the only way they are read), each
+        folded into its lateral conv: ``[(B, C0, 256, 256), (B, C1, 128, 128)]``."""
+        xs = self.trunk(images)
+        high_res = [self.neck.level(xs, 0, then=proj_s0), self.neck.level(xs, 1, then=proj_s1)]
+        return self.neck.level(xs, 2), high_res

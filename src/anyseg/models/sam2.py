@@ -115,12 +115,9 @@ class Sam2Model(Sam2TrackerMixin, nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """``(B, 3, 1024, 1024)`` normalised images -> :class:`ImageFeatures`."""
-        xs = self.image_encoder.trunk(images)
-        neck, decoder = self.image_encoder.neck, self.sam_mask_decoder
-        embed = neck.level(xs, 2)  # stride 16 (the stride-32 level only feeds it, top-down)
-        # the stride-4 / stride-8 levels are only read through the decoder's 1x1 projections
-        high_res = [neck.level(xs, 0, then=decoder.conv_s0), neck.level(xs, 1, then=decoder.conv_s1)]
-        return ImageFeatures(embed, high_res, neck.position_encoding(embed))
+        decoder = self.sam_mask_decoder
+        embed, high_res = self.image_encoder(images, decoder.conv_s0, decoder.conv_s1)
+        return ImageFeatures(embed, high_res, self.image_encoder.neck.position_encoding(embed))
 
     def prompt_tokens(
         self, coords: torch.Tensor | None, labels: torch.Tensor | None, boxes: torch.Tensor | None
