@@ -84,6 +84,7 @@ class MaskDecoder(nn.Module):
     def __init__(self, cfg: MaskDecoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self._skip_cache: tuple | None = None  # see _skips
         dim = cfg.dim
         self.transformer = TwoWayTransformer(depth=2, dim=dim, num_heads=8, mlp_dim=2048, lin_mlp=cfg.lin_mlp)
         self.num_mask_tokens = cfg.num_multimask_outputs + 1
@@ -140,7 +141,7 @@ class MaskDecoder(nn.Module):
             image_embed = image_embed.expand(b, -1, -1, -1)
         src = image_embed + dense
         pos = image_pe.expand(b, -1, -1, -1)
-        _, c, h, w = src.shape
+        h, w = src.shape[-2:]
 
         hs, src = self.transformer(src, pos, tokens)  # src: (B, h w, C)
         iou_token_out = hs[:, first, :]
@@ -186,13 +187,17 @@ class MaskDecoder(nn.Module):
             return dc1.bias.repeat(4), dc2.bias.repeat(4)
         feat_s0, feat_s1 = high_res_features
         key = [(t.data_ptr(), t.shape, t.stride()) for t in (feat_s0, feat_s1)]
-        cached = getattr(self, "_skip_cache", None)
+        cached = self._skip_cache
         if cached is not None and cached[1] == key:
             return cached[2]
         skips = (_to_blocks(feat_s1, 1) + dc1.bias.repeat(4), _to_blocks(feat_s0, 2) + dc2.bias.repeat(4))
         if not self.training and not torch.is_grad_enabled():
             self._skip_cache = ((feat_s0, feat_s1), key, skips)
         return skips
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._skip_cache = None  # it holds the old deconv biases
+        super()._load_from_state_dict(*args, **kwargs)
 
     def select(self, out: DecoderOutput, multimask: bool) -> DecoderOutput:
         """Keep the three multimask outputs, or one mask (token 0, or the dynamic choice)."""

@@ -46,7 +46,7 @@ class Transform:
 
     def masks(self, logits: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
         """``(B, K, 256, 256)`` low-res logits -> ``(B, K, H, W)`` logits."""
-        # one channel per image: CPU bilinear resizing runs about twice as fast so
+        # one channel per map: CPU bilinear resizing runs about twice as fast on those
         x = logits.reshape(-1, 1, *logits.shape[-2:]).float()
         for size, (ch, cw) in self.stages(orig_hw):
             x = F.interpolate(x, size, mode="bilinear", align_corners=False)[..., :ch, :cw]

@@ -1,0 +1,46 @@
+"""The mask decoder's blocked upscaling equals the plain layer stack, and its per-image
+cache of the skip features never outlives the weights."""
+
+import torch
+
+from anyseg.models.mask_decoder import MaskDecoder, MaskDecoderConfig, _from_blocks
+
+
+def reference_upscale(dec: MaskDecoder, x: torch.Tensor, feat_s0, feat_s1) -> torch.Tensor:
+    """The official order of operations on a raster ``(B, C, h, w)`` map."""
+    dc1, ln1, act1, dc2, act2 = dec.output_upscaling
+    y = act1(ln1(dc1(x) + feat_s1))
+    return act2(dc2(y) + feat_s0)
+
+
+def decoder() -> MaskDecoder:
+    torch.manual_seed(0)
+    dec = MaskDecoder(MaskDecoderConfig(dim=32, use_high_res_features=True)).eval()
+    for p in dec.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return dec
+
+
+@torch.inference_mode()
+def test_blocked_upscale_matches_the_layer_stack():
+    dec = decoder()
+    b, h, w = 2, 4, 6
+    x = torch.randn(b, 32, h, w)
+    feat_s0, feat_s1 = torch.randn(1, 4, 4 * h, 4 * w), torch.randn(1, 8, 2 * h, 2 * w)
+    up = dec._upscale(x.flatten(2).transpose(1, 2), [feat_s0, feat_s1])  # (B, 16 h w, C/8)
+    hyper = torch.randn(b, 3, 4)
+    masks = torch.einsum("bnc,bkc->bnk", up, hyper)
+    expected = torch.einsum("bchw,bkc->bkhw", reference_upscale(dec, x, feat_s0, feat_s1), hyper)
+    torch.testing.assert_close(_from_blocks(masks, h, w, levels=2), expected, rtol=1e-5, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_skip_cache_is_dropped_with_new_weights():
+    dec = decoder()
+    feats = [torch.randn(1, 4, 16, 16), torch.randn(1, 8, 8, 8)]
+    first = dec._skips(feats)
+    assert dec._skips(feats) is first  # the same image: reordered once
+    state = {k: v + 1 for k, v in dec.state_dict().items()}
+    dec.load_state_dict(state)
+    again = dec._skips(feats)
+    assert again is not first and torch.allclose(again[0] - first[0], torch.ones(()))
