@@ -138,5 +138,9 @@ def test_reduced_precision_is_opt_in(model, image, pred):
     b = pred.predict(points=[[100, 120]], labels=[1])
     assert a.logits.dtype == np.float32 and a.masks.shape == b.masks.shape
     assert np.abs(a.scores - b.scores).max() < 0.05
+    # the decoder computes on its own bf16 copy; the model keeps its fp32 weights
+    assert fast.features().embed.dtype == torch.bfloat16
+    assert model.mask_decoder.iou_token.weight.dtype == torch.float32
+    assert pred.features().embed.dtype == torch.float32
     with pytest.raises(InvalidInputError, match="precision must be one of"):
         ImagePredictor(model, precision="int4")

@@ -129,6 +129,10 @@ class MaskDecoder(nn.Module):
         ``(1, C, h, w)``, ``sparse`` ``(B, N, C)``, ``dense`` ``(B, C, h, w)``,
         ``high_res_features`` ``[(1 or B, C/8, 4h, 4w), (1 or B, C/4, 2h, 2w)]``.
         """
+        dtype = self.iou_token.weight.dtype  # inputs are cast to it (see copy_in)
+        image_embed, image_pe, sparse, dense = (x.to(dtype) for x in (image_embed, image_pe, sparse, dense))
+        if high_res_features is not None:
+            high_res_features = [f.to(dtype) for f in high_res_features]
         b = sparse.shape[0]
         heads = [self.iou_token.weight, self.mask_tokens.weight]
         if self.cfg.pred_obj_scores:
@@ -194,6 +198,15 @@ class MaskDecoder(nn.Module):
         if not self.training and not torch.is_grad_enabled():
             self._skip_cache = ((feat_s0, feat_s1), key, skips)
         return skips
+
+    def copy_in(self, dtype: torch.dtype) -> "MaskDecoder":
+        """A copy of this decoder with its weights in ``dtype``, to decode in that type: its
+        inputs are cast on entry, so keep the image features in ``dtype`` too (the high-res
+        skips are reordered once per image only when they arrive unchanged). Autocast would
+        instead cast every weight on every call, which on CPU costs more than it saves."""
+        twin = MaskDecoder(self.cfg).to(self.iou_token.weight.device)
+        twin.load_state_dict(self.state_dict())
+        return twin.to(dtype).train(self.training)
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._skip_cache = None  # it holds the old deconv biases

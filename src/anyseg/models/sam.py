@@ -124,18 +124,21 @@ class SamModel(nn.Module):
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask: bool = True,
+        decoder: MaskDecoder | None = None,
     ) -> DecoderOutput:
         """Prompted masks on one image (``features`` of batch 1).
 
         Prompts are batched over B (``coords`` ``(B, N, 2)`` with ``labels`` ``(B, N)``,
         ``boxes`` ``(B, 4)``, ``mask_input`` ``(B, 1, 256, 256)`` logits), coordinates in
-        model-input pixels. Returns ``masks`` ``(B, K, 256, 256)`` logits and ``iou``
+        model-input pixels. ``decoder``: a copy of the mask decoder to decode with instead
+        (:meth:`MaskDecoder.copy_in`). Returns ``masks`` ``(B, K, 256, 256)`` logits and ``iou``
         ``(B, K)``, with K = 3 (``multimask``) or 1.
         """
         coords, labels = self.prompt_tokens(coords, labels, boxes)
         batch = 1 if mask_input is None else mask_input.shape[0]
         sparse, dense = self.prompt_encoder(coords, labels, mask_input, batch_size=batch)
-        return self.mask_decoder(features.embed, self.prompt_encoder.dense_pe(), sparse, dense, multimask)
+        decoder = self.mask_decoder if decoder is None else decoder
+        return decoder(features.embed, self.prompt_encoder.dense_pe(), sparse, dense, multimask)
 
 
 def build_sam(preset: str | SamConfig, **overrides) -> SamModel:

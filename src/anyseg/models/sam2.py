@@ -151,13 +151,15 @@ class Sam2Model(Sam2TrackerMixin, nn.Module):
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask: bool = True,
+        decoder: MaskDecoder | None = None,
     ) -> DecoderOutput:
         """Prompted masks on one image (``features`` of batch 1), as the image predictor
         computes them: ``no_mem_embed`` is added to the embedding.
 
         Prompts are batched over B (``coords`` ``(B, N, 2)``, ``boxes`` ``(B, 4)``,
-        ``mask_input`` ``(B, 1, 256, 256)`` logits) in model-input pixels. Returns
-        ``masks`` ``(B, K, 256, 256)`` logits, ``iou`` ``(B, K)``.
+        ``mask_input`` ``(B, 1, 256, 256)`` logits) in model-input pixels. ``decoder``: a
+        copy of the mask decoder to decode with instead (:meth:`MaskDecoder.copy_in`).
+        Returns ``masks`` ``(B, K, 256, 256)`` logits, ``iou`` ``(B, K)``.
         """
         coords, labels = self.prompt_tokens(coords, labels, boxes)
         batch = 1
@@ -165,10 +167,14 @@ class Sam2Model(Sam2TrackerMixin, nn.Module):
             if t is not None:
                 batch = t.shape[0]
         sparse, dense = self.sam_prompt_encoder(coords, labels, mask_input, batch_size=batch)
-        embed = features.embed + self.no_mem_embed.reshape(1, -1, 1, 1)
-        return self.sam_mask_decoder(
-            embed, self.sam_prompt_encoder.dense_pe(), sparse, dense, multimask, features.high_res
-        )
+        embed = features.embed + self.no_mem_embed.reshape(1, -1, 1, 1).to(features.embed.dtype)
+        decoder = self.sam_mask_decoder if decoder is None else decoder
+        return decoder(embed, self.sam_prompt_encoder.dense_pe(), sparse, dense, multimask, features.high_res)
+
+    @property
+    def mask_decoder(self) -> MaskDecoder:
+        """The mask decoder (named ``sam_mask_decoder`` in SAM 2 checkpoints)."""
+        return self.sam_mask_decoder
 
 
 def build_sam2(preset: str | Sam2Config, **overrides) -> Sam2Model:

@@ -30,7 +30,12 @@ def tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.
     d = attn.internal_dim // h
     qh = attn.q_proj(q).reshape(b, t, h, d)
     qk = torch.einsum("bthd,hdc->bhtc", qh, attn.k_proj.weight.reshape(h, d, c)) * d**-0.5
-    probs = torch.softmax(qk.reshape(b, h * t, c) @ k.transpose(1, 2), dim=-1)  # (B, hT, N)
+    qk = qk.reshape(b, h * t, c)
+    if k.dtype == torch.float32:
+        scores = qk @ k.transpose(1, 2)  # (B, hT, N)
+    else:  # bf16/fp16 product kernels want the N rows first (3x faster on AMX CPUs)
+        scores = torch.bmm(k, qk.transpose(1, 2)).transpose(1, 2)
+    probs = torch.softmax(scores, dim=-1)
     pv = (probs @ v).reshape(b, h, t, c)
     out = torch.einsum("bhtc,hdc->bthd", pv, attn.v_proj.weight.reshape(h, d, c)) + attn.v_proj.bias.reshape(h, d)
     return attn.out_proj(out.reshape(b, t, h * d))
@@ -56,7 +61,7 @@ def image_to_tokens(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.
     probs = (e / e.sum(dim=-1, keepdim=True)).reshape(b, -1, h * t)  # (B, N, hT)
     vh = attn.v_proj(v).reshape(b, t, h, d)
     fold_o = torch.einsum("bthd,chd->bhtc", vh, attn.out_proj.weight.reshape(c, h, d))  # (B, h, T, C)
-    return probs @ fold_o.reshape(b, h * t, c) + attn.out_proj.bias
+    return torch.baddbmm(attn.out_proj.bias, probs, fold_o.reshape(b, h * t, c))
 
 
 class TwoWayAttentionBlock(nn.Module):

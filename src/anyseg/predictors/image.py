@@ -18,7 +18,7 @@ from anyseg.errors import AnysegError, InvalidInputError
 from anyseg.io.export import atomic_path
 from anyseg.io.images import as_rgb_array
 from anyseg.models.features import ImageFeatures
-from anyseg.predictors.precision import autocast, check_precision
+from anyseg.predictors.precision import PRECISIONS, autocast, check_precision
 from anyseg.predictors.prompts import as_float_array, check_inside
 from anyseg.predictors.transforms import transform_for
 
@@ -59,13 +59,17 @@ class ImagePredictor:
 
     Coordinates are (x, y) pixels of the original image. ``model`` is any model from
     :func:`anyseg.load_model` (SAM 1, MobileSAM or SAM 2). ``precision`` ``"bf16"`` /
-    ``"fp16"`` opts in to a faster reduced-precision image encoder (default ``"fp32"``:
-    exact); prompts are decoded in the model's dtype either way.
+    ``"fp16"`` opts in to a faster reduced-precision image encoder and mask decoder
+    (default ``"fp32"``: exact); the prompt encoder and the mask resizing stay in fp32.
     """
 
     def __init__(self, model, mask_threshold: float = 0.0, precision: str = "fp32") -> None:
         self.model = model.eval()
         self.precision = check_precision(precision)
+        reduced = PRECISIONS[self.precision]
+        # the decoder runs on a copy of its weights in the reduced type, the features are kept in it
+        self._decoder = None if reduced is None else model.mask_decoder.copy_in(reduced)
+        self._features_dtype = reduced or model.dtype
         self.transform = transform_for(model)
         self.mask_threshold = mask_threshold
         self._features: ImageFeatures | None = None
@@ -82,9 +86,7 @@ class ImagePredictor:
         batch = torch.stack([self.transform.image(a) for a in arrays]).to(self.model.device, self.model.dtype)
         with autocast(self.model.device, self.precision):
             features = self.model.encode_image(batch)
-        # the prompt decoder computes in the model's dtype: on CPU its small products gain
-        # nothing from bf16 and autocast's per-call casts cost more than they save
-        self._features = features.to(dtype=self.model.dtype)
+        self._features = features.to(dtype=self._features_dtype)
         self._sizes = [a.shape[:2] for a in arrays]
 
     def set_image(self, image) -> None:
@@ -131,7 +133,7 @@ class ImagePredictor:
         if payload["model"] != model_fingerprint(self.model):
             raise InvalidInputError(f"{path} was computed by another model or other weights; embed the image again")
         feats = ImageFeatures.from_state(payload["features"])
-        self._features = feats.to(self.model.device, self.model.dtype)
+        self._features = feats.to(self.model.device, self._features_dtype)
         self._sizes = [tuple(int(v) for v in hw) for hw in payload["sizes"].tolist()]
 
     # ---------------------------------------------------------------- prediction
@@ -158,9 +160,11 @@ class ImagePredictor:
         index = self._image_index(image)
         hw = self._sizes[index]
         coords, lab, boxes, masks_in, batched = self._prompt_tensors(points, labels, box, mask_input, hw)
-        out = self.model.predict_masks(self._features.select(index), coords, lab, boxes, masks_in, multimask)
+        out = self.model.predict_masks(
+            self._features.select(index), coords, lab, boxes, masks_in, multimask, decoder=self._decoder
+        )
         logits = out.masks.float()
-        masks = (self.transform.masks(logits, hw) > self.mask_threshold).cpu().numpy()
+        masks = self.transform.binary_masks(logits, hw, self.mask_threshold)
         if self.transform.low_res_clamp is not None:
             logits = logits.clamp(-self.transform.low_res_clamp, self.transform.low_res_clamp)
         scores = out.iou.float().cpu().numpy()

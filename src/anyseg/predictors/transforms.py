@@ -11,6 +11,7 @@ pixels; mask logits leave at the original resolution.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,52 @@ class Transform:
         for size, (ch, cw) in self.stages(orig_hw):
             x = F.interpolate(x, size, mode="bilinear", align_corners=False)[..., :ch, :cw]
         return x.reshape(*logits.shape[:-2], *orig_hw)
+
+    def binary_masks(self, logits: torch.Tensor, orig_hw: tuple[int, int], threshold: float) -> np.ndarray:
+        """``(B, K, 256, 256)`` low-res logits -> ``(B, K, H, W)`` bool: ``masks(...) >
+        threshold``, with the last resize fused into the comparison (:func:`resize_threshold`)."""
+        x = logits.reshape(-1, 1, *logits.shape[-2:]).float()
+        *first, (last, _) = self.stages(orig_hw)
+        for size, (ch, cw) in first:
+            x = F.interpolate(x, size, mode="bilinear", align_corners=False)[..., :ch, :cw]
+        return resize_threshold(x[:, 0], last, threshold).reshape(*logits.shape[:-2], *orig_hw)
+
+
+def resize_threshold(maps: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
+    """``F.interpolate(maps, size, mode="bilinear", align_corners=False) > threshold`` for
+    ``(N, h, w)`` maps: ``(N, H, W)`` bool, the same values at about a quarter of the time
+    on CPU. Rows are resized along x by torch, then the vertical blend and the comparison run
+    in one compiled loop that writes only the booleans (no ``(N, H, W)`` float map)."""
+    if maps.device.type != "cpu":
+        return (F.interpolate(maps[:, None], size, mode="bilinear", align_corners=False)[:, 0] > threshold).cpu().numpy()
+    n, h, w = maps.shape
+    rows = F.interpolate(maps.float().reshape(n * h, 1, w), size[1], mode="linear", align_corners=False)
+    r0, r1, w0, w1 = _linear_taps(h, size[0])
+    out = np.empty((n, *size), dtype=np.bool_)
+    _blend_rows_threshold(rows.reshape(n, h, size[1]).numpy(), r0, r1, w0, w1, np.float32(threshold), out)
+    return out
+
+
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, ...]:
+    """Source rows and weights of a linear resize from ``n_in`` to ``n_out`` samples with
+    half-pixel centres, computed in float32 as torch's CPU kernel does: output ``i`` is
+    ``w0[i] * x[r0[i]] + w1[i] * x[r1[i]]``."""
+    f32 = np.float32
+    src = np.maximum(f32(n_in / n_out) * (np.arange(n_out, dtype=f32) + f32(0.5)) - f32(0.5), f32(0))
+    r0 = src.astype(np.int64)
+    r1 = r0 + (r0 < n_in - 1)
+    w1 = src - r0.astype(f32)
+    return r0, r1, f32(1) - w1, w1
+
+
+@numba.njit(cache=True, nogil=True)
+def _blend_rows_threshold(rows, r0, r1, w0, w1, threshold, out):
+    """``out[k, i] = rows[k, r0[i]] * w0[i] + rows[k, r1[i]] * w1[i] > threshold``."""
+    for k in range(rows.shape[0]):
+        for i in range(out.shape[1]):
+            a, b, u, v, o = rows[k, r0[i]], rows[k, r1[i]], w0[i], w1[i], out[k, i]
+            for j in range(out.shape[2]):
+                o[j] = a[j] * u + b[j] * v > threshold
 
 
 class Sam1Transform(Transform):

@@ -1,0 +1,28 @@
+"""The fused resize-and-threshold of low-res mask logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anyseg.predictors.transforms import Sam1Transform, Sam2Transform, resize_threshold
+
+
+@pytest.mark.parametrize("size", [(1200, 1800), (540, 960), (257, 255), (100, 37), (1, 1)])
+def test_resize_threshold_equals_interpolate_then_compare(size):
+    maps = torch.randn(3, 64, 80, generator=torch.Generator().manual_seed(0))
+    for threshold in (0.0, 0.3):
+        expected = F.interpolate(maps[:, None], size, mode="bilinear", align_corners=False)[:, 0] > threshold
+        got = resize_threshold(maps, size, threshold)
+        assert got.dtype == np.bool_ and got.shape == (3, *size)
+        assert np.array_equal(got, expected.numpy())
+
+
+@pytest.mark.parametrize("transform", [Sam1Transform(), Sam2Transform()])
+def test_binary_masks_are_the_thresholded_logits(transform):
+    logits = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    hw = (480, 640)
+    got = transform.binary_masks(logits, hw, 0.0)
+    assert np.array_equal(got, (transform.masks(logits, hw) > 0).numpy())
