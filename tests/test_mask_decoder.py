@@ -1,5 +1,5 @@
-"""The mask decoder's blocked upscaling equals the plain layer stack, and its per-image
-cache of the skip features never outlives the weights."""
+"""The mask decoder's blocked upscaling equals the plain layer stack; the image-side work
+it keeps between prompts changes no result and never outlives the weights."""
 
 import torch
 
@@ -44,3 +44,47 @@ def test_skip_cache_is_dropped_with_new_weights():
     dec.load_state_dict(state)
     again = dec._skips(feats)
     assert again is not first and torch.allclose(again[0] - first[0], torch.ones(()))
+
+
+def prompt_inputs(dec: MaskDecoder, b: int = 2, h: int = 4, w: int = 6):
+    g = torch.Generator().manual_seed(1)
+    embed, pe = torch.randn(1, 32, h, w, generator=g), torch.randn(1, 32, h, w, generator=g)
+    sparse = torch.randn(b, 3, 32, generator=g)
+    high_res = [torch.randn(1, 4, 4 * h, 4 * w, generator=g), torch.randn(1, 8, 2 * h, 2 * w, generator=g)]
+    no_mask = torch.randn(1, 32, 1, 1, generator=g).expand(b, -1, h, w)  # as the prompt encoder's
+    return embed, pe, sparse, no_mask, high_res
+
+
+@torch.inference_mode()
+def test_kept_first_layer_projections_change_nothing():
+    dec = decoder()
+    embed, pe, sparse, no_mask, high_res = prompt_inputs(dec)
+    offset = torch.randn(32)
+    plain = dec.predict_all(embed, pe, sparse, no_mask.contiguous(), high_res, offset)  # a mask prompt's path
+    for _ in range(2):  # computes the image side, then reuses it
+        kept = dec.predict_all(embed, pe, sparse, no_mask, high_res, offset)
+        torch.testing.assert_close(kept.masks, plain.masks, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(kept.iou, plain.iou, rtol=1e-4, atol=1e-4)
+
+
+@torch.inference_mode()
+def test_kept_image_side_is_dropped_with_new_weights():
+    dec = decoder()
+    inputs = prompt_inputs(dec)
+    dec.predict_all(*inputs)
+    state = {k: v * 1.5 for k, v in dec.state_dict().items()}
+    dec.load_state_dict(state)
+    fresh = MaskDecoder(dec.cfg).eval()
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(dec.predict_all(*inputs).masks, fresh.predict_all(*inputs).masks)
+
+
+@torch.inference_mode()
+def test_reduced_precision_copy():
+    dec = decoder()
+    inputs = prompt_inputs(dec)
+    half = dec.copy_in(torch.bfloat16)
+    assert half.iou_token.weight.dtype == torch.bfloat16 and dec.iou_token.weight.dtype == torch.float32
+    out, ref = half.predict_all(*inputs), dec.predict_all(*inputs)
+    assert out.masks.dtype == torch.bfloat16
+    assert ((out.masks.float() > 0) == (ref.masks > 0)).float().mean() > 0.9

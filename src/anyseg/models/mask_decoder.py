@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anyseg.models.common import MLP, LayerNorm2d
-from anyseg.models.two_way_transformer import TwoWayTransformer
+from anyseg.models.two_way_transformer import ImageProjections, TwoWayTransformer
 
 
 @dataclass(frozen=True)
@@ -80,11 +80,40 @@ def _from_blocks(x: torch.Tensor, h: int, w: int, levels: int) -> torch.Tensor:
     return x.reshape(b, k, h << levels, w << levels)
 
 
+class LastResult:
+    """The result of a function of some tensors, kept for the next call on the same tensors
+    (the same memory, shape and strides; references to them are held, so that memory is not
+    reused; they are never modified in place). Several prompts on one image reuse the
+    image-side work this way. Nothing is kept while gradients are recorded."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._key, self._inputs, self._value = None, None, None
+
+    def get(self, inputs: tuple[torch.Tensor, ...], compute):
+        key = [(t.data_ptr(), t.shape, t.stride()) for t in inputs]
+        if self._key == key:
+            return self._value
+        value = compute()
+        if not torch.is_grad_enabled():
+            self._key, self._inputs, self._value = key, inputs, value
+        return value
+
+
+def _is_broadcast(dense: torch.Tensor) -> bool:
+    """Whether ``dense`` ``(B, C, h, w)`` is one embedding vector expanded over the map and
+    the batch (the no-mask prompt)."""
+    return (dense.shape[0] == 1 or dense.stride(0) == 0) and dense.stride(2) == 0 and dense.stride(3) == 0
+
+
 class MaskDecoder(nn.Module):
     def __init__(self, cfg: MaskDecoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self._skip_cache: tuple | None = None  # see _skips
+        self._skips_of = LastResult()  # see _skips
+        self._image_of = LastResult()  # see _image_side
         dim = cfg.dim
         self.transformer = TwoWayTransformer(depth=2, dim=dim, num_heads=8, mlp_dim=2048, lin_mlp=cfg.lin_mlp)
         self.num_mask_tokens = cfg.num_multimask_outputs + 1
@@ -122,17 +151,16 @@ class MaskDecoder(nn.Module):
         sparse: torch.Tensor,
         dense: torch.Tensor,
         high_res_features: list[torch.Tensor] | None = None,
+        image_offset: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """Every mask token's output, before the multimask choice.
 
         ``image_embed`` ``(1 or B, C, h, w)`` (broadcast to the B prompts), ``image_pe``
         ``(1, C, h, w)``, ``sparse`` ``(B, N, C)``, ``dense`` ``(B, C, h, w)``,
-        ``high_res_features`` ``[(1 or B, C/8, 4h, 4w), (1 or B, C/4, 2h, 2w)]``.
+        ``high_res_features`` ``[(1 or B, C/8, 4h, 4w), (1 or B, C/4, 2h, 2w)]``,
+        ``image_offset`` ``(C,)`` added to the embedding first (SAM 2's ``no_mem_embed``).
         """
-        dtype = self.iou_token.weight.dtype  # inputs are cast to it (see copy_in)
-        image_embed, image_pe, sparse, dense = (x.to(dtype) for x in (image_embed, image_pe, sparse, dense))
-        if high_res_features is not None:
-            high_res_features = [f.to(dtype) for f in high_res_features]
+        sparse = sparse.to(self.iou_token.weight.dtype)  # inputs are cast to it (see copy_in)
         b = sparse.shape[0]
         heads = [self.iou_token.weight, self.mask_tokens.weight]
         if self.cfg.pred_obj_scores:
@@ -141,13 +169,9 @@ class MaskDecoder(nn.Module):
         tokens = torch.cat(heads, dim=0).unsqueeze(0).expand(b, -1, -1)
         tokens = torch.cat((tokens, sparse), dim=1)
 
-        if image_embed.shape[0] != b:
-            image_embed = image_embed.expand(b, -1, -1, -1)
-        src = image_embed + dense
-        pos = image_pe.expand(b, -1, -1, -1)
-        h, w = src.shape[-2:]
-
-        hs, src = self.transformer(src, pos, tokens)  # src: (B, h w, C)
+        h, w = image_embed.shape[-2:]
+        keys, key_pe, projected = self._image_side(image_embed, image_pe, dense, image_offset)
+        hs, src = self.transformer(keys.expand(b, -1, -1), key_pe, tokens, projected)  # src: (B, h w, C)
         iou_token_out = hs[:, first, :]
         mask_tokens_out = hs[:, first + 1 : first + 1 + self.num_mask_tokens, :]
 
@@ -180,36 +204,56 @@ class MaskDecoder(nn.Module):
         x = torch.baddbmm(add2, x, _deconv_weight(dc2).expand(b, -1, -1)).reshape(b, 16 * n, -1)
         return act2(x)
 
+    def _image_side(self, image_embed, image_pe, dense, offset):
+        """The image tokens ``(1 or B, h w, C)`` (``image_embed + offset + dense``), their
+        position encoding ``(1, h w, C)`` and, with no mask prompt, the first layer's
+        :class:`ImageProjections`: these depend on the image only, so the last result is
+        kept (:class:`LastResult`) for the next prompt on the same image."""
+
+        def compute():
+            dtype = self.iou_token.weight.dtype
+            src = image_embed.to(dtype)
+            if offset is not None:
+                src = src + offset.to(dtype).reshape(1, -1, 1, 1)
+            keys = (src + dense[:1].to(dtype) if broadcast else src + dense.to(dtype)).flatten(2).transpose(1, 2)
+            key_pe = image_pe.to(dtype).flatten(2).transpose(1, 2)
+            first = self.transformer.layers[0]
+            return keys, key_pe, first.project_image(keys, key_pe) if broadcast and len(keys) == 1 else None
+
+        broadcast = _is_broadcast(dense)
+        if not broadcast:
+            return compute()
+        inputs = (image_embed, image_pe, dense) + (() if offset is None else (offset,))
+        return self._image_of.get(inputs, compute)
+
     def _skips(self, high_res_features: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """What each transposed convolution adds to its product: its bias, plus (SAM 2) the
-        stride-8 / stride-4 skip features in the blocked pixel order. The last result is
-        cached, keyed on the inputs' memory and holding a reference to them (so that memory
-        is not reused; feature maps are never modified in place): the prompts on one image
-        reorder them once."""
+        stride-8 / stride-4 skip features in the blocked pixel order (kept for the next
+        prompt on the same features, :class:`LastResult`)."""
         dc1, _, _, dc2, _ = self.output_upscaling
         if not self.cfg.use_high_res_features:
             return dc1.bias.repeat(4), dc2.bias.repeat(4)
         feat_s0, feat_s1 = high_res_features
-        key = [(t.data_ptr(), t.shape, t.stride()) for t in (feat_s0, feat_s1)]
-        cached = self._skip_cache
-        if cached is not None and cached[1] == key:
-            return cached[2]
-        skips = (_to_blocks(feat_s1, 1) + dc1.bias.repeat(4), _to_blocks(feat_s0, 2) + dc2.bias.repeat(4))
-        if not self.training and not torch.is_grad_enabled():
-            self._skip_cache = ((feat_s0, feat_s1), key, skips)
-        return skips
+        dtype = dc1.bias.dtype
+        return self._skips_of.get(
+            (feat_s0, feat_s1),
+            lambda: (_to_blocks(feat_s1.to(dtype), 1) + dc1.bias.repeat(4),
+                     _to_blocks(feat_s0.to(dtype), 2) + dc2.bias.repeat(4)),
+        )
 
     def copy_in(self, dtype: torch.dtype) -> "MaskDecoder":
-        """A copy of this decoder with its weights in ``dtype``, to decode in that type: its
-        inputs are cast on entry, so keep the image features in ``dtype`` too (the high-res
-        skips are reordered once per image only when they arrive unchanged). Autocast would
+        """A copy of this decoder with its weights in ``dtype``, to decode in that type (its
+        inputs are cast to it; keep the image features in ``dtype`` too, or they are cast
+        once per image). Autocast would
         instead cast every weight on every call, which on CPU costs more than it saves."""
         twin = MaskDecoder(self.cfg).to(self.iou_token.weight.device)
         twin.load_state_dict(self.state_dict())
         return twin.to(dtype).train(self.training)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._skip_cache = None  # it holds the old deconv biases
+        # the kept results were computed with the old weights
+        self._skips_of.clear()
+        self._image_of.clear()
         super()._load_from_state_dict(*args, **kwargs)
 
     def select(self, out: DecoderOutput, multimask: bool) -> DecoderOutput:
@@ -226,9 +270,11 @@ class MaskDecoder(nn.Module):
             tokens = out.tokens[:, 0:1]
         return DecoderOutput(masks, iou, tokens, out.object_score)
 
-    def forward(self, image_embed, image_pe, sparse, dense, multimask: bool, high_res_features=None) -> DecoderOutput:
+    def forward(self, image_embed, image_pe, sparse, dense, multimask: bool, high_res_features=None,
+                image_offset=None) -> DecoderOutput:
         """:meth:`predict_all` then :meth:`select`."""
-        return self.select(self.predict_all(image_embed, image_pe, sparse, dense, high_res_features), multimask)
+        out = self.predict_all(image_embed, image_pe, sparse, dense, high_res_features, image_offset)
+        return self.select(out, multimask)
 
     def _dynamic_single_mask(self, masks: torch.Tensor, iou: torch.Tensor):
         cfg = self.cfg

@@ -167,9 +167,9 @@ class Sam2Model(Sam2TrackerMixin, nn.Module):
             if t is not None:
                 batch = t.shape[0]
         sparse, dense = self.sam_prompt_encoder(coords, labels, mask_input, batch_size=batch)
-        embed = features.embed + self.no_mem_embed.reshape(1, -1, 1, 1).to(features.embed.dtype)
         decoder = self.sam_mask_decoder if decoder is None else decoder
-        return decoder(embed, self.sam_prompt_encoder.dense_pe(), sparse, dense, multimask, features.high_res)
+        return decoder(features.embed, self.sam_prompt_encoder.dense_pe(), sparse, dense, multimask,
+                       features.high_res, image_offset=self.no_mem_embed.reshape(-1))
 
     @property
     def mask_decoder(self) -> MaskDecoder:

@@ -11,7 +11,10 @@ of the cost of a click.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from anyseg.models.common import MLP, Attention, MLPBlock
@@ -41,27 +44,53 @@ def tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.
     return attn.out_proj(out.reshape(b, t, h * d))
 
 
-def image_to_tokens(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def tokens_to_projected_image(attn: Attention, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
+    """``attn(q, k, v)`` for queries ``(B, T, C)`` when the image side is already projected:
+    ``keys`` = ``k W_k + b_k`` and ``values`` = ``v W_v + b_v``, ``(1, N, D)`` each."""
+    b = q.shape[0]
+    qh = attn.split_heads(attn.q_proj(q))
+    kh, vh = (attn.split_heads(x).expand(b, -1, -1, -1) for x in (keys, values))
+    return attn.out_proj(attn.merge_heads(F.scaled_dot_product_attention(qh, kh, vh)))
+
+
+def image_to_tokens(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    q_projected: torch.Tensor | None = None) -> torch.Tensor:
     """``attn(q, k, v)`` for many queries ``(B, N, C)`` and few keys/values ``(B, T, C)``.
 
     The query projection is folded into the keys (``W_q^T k_h`` per head and token) and the
     output projection into the values (``v_h W_o^T``), so the N image positions meet only
-    ``h * T`` vectors on each side.
+    ``h * T`` vectors on each side. ``q_projected``: ``q W_q + b_q`` ``(1, N, D)`` when it is
+    already known (then ``q`` is not read).
     """
     b, t, c = k.shape
     h = attn.num_heads
     d = attn.internal_dim // h
     scale = d**-0.5
     kh = attn.k_proj(k).reshape(b, t, h, d)
-    fold_q = torch.einsum("bthd,hdc->bcht", kh, attn.q_proj.weight.reshape(h, d, c)) * scale  # (B, C, h, T)
-    bias = torch.einsum("bthd,hd->bht", kh, attn.q_proj.bias.reshape(h, d)) * scale  # (B, h, T)
-    scores = (q @ fold_q.reshape(b, c, h * t)).reshape(b, -1, h, t) + bias.unsqueeze(1)
-    # softmax over the T keys; written out because torch.softmax is slow on so short a last axis
+    if q_projected is None:
+        fold_q = torch.einsum("bthd,hdc->bcht", kh, attn.q_proj.weight.reshape(h, d, c)) * scale  # (B, C, h, T)
+        bias = torch.einsum("bthd,hd->bht", kh, attn.q_proj.bias.reshape(h, d)) * scale  # (B, h, T)
+        scores = (q @ fold_q.reshape(b, c, h * t)).float().reshape(b, -1, h, t) + bias.float().unsqueeze(1)
+    else:  # (h, N, d) @ (B, h, d, T) -> (B, N, h, T)
+        qh = q_projected.reshape(-1, h, d).transpose(0, 1)
+        scores = (qh @ kh.permute(0, 2, 3, 1) * scale).float().permute(0, 2, 1, 3)
+    # softmax over the T keys (in fp32: reduced-precision element-wise kernels are slower on
+    # CPU); written out because torch.softmax is slow on so short a last axis
     e = (scores - scores.amax(dim=-1, keepdim=True)).exp_()
-    probs = (e / e.sum(dim=-1, keepdim=True)).reshape(b, -1, h * t)  # (B, N, hT)
+    probs = (e / e.sum(dim=-1, keepdim=True)).reshape(b, -1, h * t).to(k.dtype)  # (B, N, hT)
     vh = attn.v_proj(v).reshape(b, t, h, d)
     fold_o = torch.einsum("bthd,chd->bhtc", vh, attn.out_proj.weight.reshape(c, h, d))  # (B, h, T, C)
     return torch.baddbmm(attn.out_proj.bias, probs, fold_o.reshape(b, h * t, c))
+
+
+@dataclass
+class ImageProjections:
+    """What the first block computes from the image side alone, ``(1, N, D)`` each: with no
+    mask prompt it is the same for every prompt on an image, so it is computed once."""
+
+    keys: torch.Tensor  # token -> image keys, (image + pe) W_k + b_k
+    values: torch.Tensor  # token -> image values, image W_v + b_v
+    queries: torch.Tensor  # image -> token queries, (image + pe) W_q + b_q
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -82,8 +111,18 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(dim, num_heads, downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(self, queries, keys, query_pe, key_pe):
-        """``queries`` ``(B, Nq, C)`` tokens, ``keys`` ``(B, HW, C)`` image; returns both updated."""
+    def project_image(self, keys: torch.Tensor, key_pe: torch.Tensor) -> ImageProjections:
+        """The image-side projections for image tokens ``keys`` ``(1, HW, C)``."""
+        k = keys + key_pe
+        return ImageProjections(
+            self.cross_attn_token_to_image.k_proj(k),
+            self.cross_attn_token_to_image.v_proj(keys),
+            self.cross_attn_image_to_token.q_proj(k),
+        )
+
+    def forward(self, queries, keys, query_pe, key_pe, projected: ImageProjections | None = None):
+        """``queries`` ``(B, Nq, C)`` tokens, ``keys`` ``(B, HW, C)`` image; returns both updated.
+        ``projected``: :meth:`project_image` of ``keys``, when known."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -91,12 +130,19 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        k = keys + key_pe
-        queries = self.norm2(queries + tokens_to_image(self.cross_attn_token_to_image, queries + query_pe, k, keys))
+        t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        if projected is None:
+            k = keys + key_pe
+            attn = tokens_to_image(t2i, queries + query_pe, k, keys)
+        else:
+            k = None
+            attn = tokens_to_projected_image(t2i, queries + query_pe, projected.keys, projected.values)
+        queries = self.norm2(queries + attn)
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(keys + image_to_tokens(self.cross_attn_image_to_token, k, q, queries))
+        q_projected = None if projected is None else projected.queries
+        keys = self.norm4(keys + image_to_tokens(i2t, k, q, queries, q_projected))
         return queries, keys
 
 
@@ -111,15 +157,16 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(dim, num_heads, downsample_rate)
         self.norm_final_attn = nn.LayerNorm(dim)
 
-    def forward(self, image: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor):
-        """``image``, ``image_pe``: ``(B, C, h, w)``; ``tokens``: ``(B, N, C)``.
+    def forward(self, keys: torch.Tensor, key_pe: torch.Tensor, tokens: torch.Tensor,
+                projected: ImageProjections | None = None):
+        """``keys`` ``(B, h*w, C)`` image tokens, ``key_pe`` ``(1, h*w, C)``, ``tokens``
+        ``(B, N, C)``; ``projected``: the first layer's :meth:`~TwoWayAttentionBlock.project_image`
+        of ``keys`` when it is known.
 
         Returns the tokens ``(B, N, C)`` and image tokens ``(B, h*w, C)``.
         """
-        keys = image.flatten(2).permute(0, 2, 1)
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
         queries = tokens
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, tokens, key_pe)
+        for i, layer in enumerate(self.layers):
+            queries, keys = layer(queries, keys, tokens, key_pe, projected if i == 0 else None)
         attn = tokens_to_image(self.final_attn_token_to_image, queries + tokens, keys + key_pe, keys)
         return self.norm_final_attn(queries + attn), keys
