@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anyseg.models.common import MLP, LayerNorm2d
-from anyseg.models.two_way_transformer import ImageProjections, TwoWayTransformer
+from anyseg.models.two_way_transformer import TwoWayTransformer
 
 
 @dataclass(frozen=True)
