@@ -71,6 +71,19 @@ def test_matches_official_generator(key, fixture_models, fixtures_dir):
         assert got[i]["bbox"] == ref["bbox"]
 
 
+@pytest.mark.parametrize("key", list(BUILDERS))
+def test_bf16_generator_finds_the_official_masks(key, fixture_models, fixtures_dir):
+    """The opt-in bf16 mode (encoder and decoder in bf16) runs the whole pipeline; most of
+    its masks are the official ones (its accuracy is measured in benchmarks/)."""
+    amg = fixture_index(fixtures_dir)[key]["amg"]
+    got = MaskGenerator(fixture_models[key], precision="bf16", **amg["kwargs"]).generate(
+        fixture_image(fixtures_dir, amg["image"]))
+    ref_masks = _amg_masks(fixtures_dir, amg)
+    assert got and all(r["segmentation"].dtype == bool for r in got)
+    best = [max(mask_iou(r["segmentation"], ref) for r in got) for ref in ref_masks]
+    assert np.median(best) >= 0.9
+
+
 def _amg_masks(fixtures_dir, amg) -> np.ndarray:
     npz = np.load(fixtures_dir / amg["outputs"])
     shape = tuple(npz["masks_shape"])
@@ -118,7 +131,8 @@ class DiscModel(torch.nn.Module):
     def encode_image(self, images):
         return ImageFeatures(images[:, :1, ::4, ::4])
 
-    def predict_masks(self, features, coords=None, labels=None, boxes=None, mask_input=None, multimask=True):
+    def predict_masks(self, features, coords=None, labels=None, boxes=None, mask_input=None, multimask=True,
+                      decoder=None):
         if mask_input is not None:
             return DecoderOutput(mask_input.float(), torch.full((len(mask_input), 1), 0.5), None, None)
         s = self.image_size

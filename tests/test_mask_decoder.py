@@ -61,10 +61,11 @@ def test_kept_first_layer_projections_change_nothing():
     embed, pe, sparse, no_mask, high_res = prompt_inputs(dec)
     offset = torch.randn(32)
     plain = dec.predict_all(embed, pe, sparse, no_mask.contiguous(), high_res, offset)  # a mask prompt's path
-    for _ in range(2):  # computes the image side, then reuses it
+    for _ in range(3):  # computes the image side, then reuses it (and projects it once)
         kept = dec.predict_all(embed, pe, sparse, no_mask, high_res, offset)
         torch.testing.assert_close(kept.masks, plain.masks, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(kept.iou, plain.iou, rtol=1e-4, atol=1e-4)
+    assert dec._image_of.reused
 
 
 @torch.inference_mode()

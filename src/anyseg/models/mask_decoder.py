@@ -91,10 +91,12 @@ class LastResult:
 
     def clear(self) -> None:
         self._key, self._inputs, self._value = None, None, None
+        self.reused = False  # whether the last get() returned the kept result
 
     def get(self, inputs: tuple[torch.Tensor, ...], compute):
         key = [(t.data_ptr(), t.shape, t.stride()) for t in inputs]
-        if self._key == key:
+        self.reused = self._key == key
+        if self.reused:
             return self._value
         value = compute()
         if not torch.is_grad_enabled():
@@ -206,9 +208,11 @@ class MaskDecoder(nn.Module):
 
     def _image_side(self, image_embed, image_pe, dense, offset):
         """The image tokens ``(1 or B, h w, C)`` (``image_embed + offset + dense``), their
-        position encoding ``(1, h w, C)`` and, with no mask prompt, the first layer's
-        :class:`ImageProjections`: these depend on the image only, so the last result is
-        kept (:class:`LastResult`) for the next prompt on the same image."""
+        position encoding ``(1, h w, C)`` and the first layer's :class:`ImageProjections`
+        (or None). With no mask prompt these depend on the image only, so the last result is
+        kept (:class:`LastResult`) for the next prompt on the same image; the projections,
+        which cost more than the first layer's folded attention, are made on that second
+        prompt (a video frame is decoded once)."""
 
         def compute():
             dtype = self.iou_token.weight.dtype
@@ -216,15 +220,16 @@ class MaskDecoder(nn.Module):
             if offset is not None:
                 src = src + offset.to(dtype).reshape(1, -1, 1, 1)
             keys = (src + dense[:1].to(dtype) if broadcast else src + dense.to(dtype)).flatten(2).transpose(1, 2)
-            key_pe = image_pe.to(dtype).flatten(2).transpose(1, 2)
-            first = self.transformer.layers[0]
-            return keys, key_pe, first.project_image(keys, key_pe) if broadcast and len(keys) == 1 else None
+            return [keys, image_pe.to(dtype).flatten(2).transpose(1, 2), None]
 
         broadcast = _is_broadcast(dense)
         if not broadcast:
             return compute()
         inputs = (image_embed, image_pe, dense) + (() if offset is None else (offset,))
-        return self._image_of.get(inputs, compute)
+        side = self._image_of.get(inputs, compute)
+        if self._image_of.reused and side[2] is None and len(side[0]) == 1:
+            side[2] = self.transformer.layers[0].project_image(side[0], side[1])
+        return side
 
     def _skips(self, high_res_features: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """What each transposed convolution adds to its product: its bias, plus (SAM 2) the

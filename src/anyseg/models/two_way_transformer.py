@@ -6,7 +6,9 @@ the attentions between them are computed with the projections re-associated onto
 token side: instead of projecting every image position to keys/values (or queries and
 outputs), each head's projection is folded into the T token vectors. The result is the
 same attention (up to float rounding) at about 2.3x fewer multiply-adds, which is most
-of the cost of a click.
+of the cost of a click. The first block's image-side projections do not depend on the
+prompt (with no mask prompt); the mask decoder computes them once per image
+(:class:`ImageProjections`), and that block then attends directly.
 """
 
 from __future__ import annotations

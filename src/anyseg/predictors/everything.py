@@ -412,8 +412,9 @@ class MaskGenerator:
         if mask_input is not None:
             mask_input = mask_input[:, None].to(model.dtype)
         multimask = self.multimask_output if multimask is None else multimask
-        out = model.predict_masks(features, coords, labels, mask_input=mask_input, multimask=multimask)
-        return out.masks.flatten(0, 1), out.iou.flatten(0, 1)
+        out = model.predict_masks(features, coords, labels, mask_input=mask_input, multimask=multimask,
+                                  decoder=self.predictor.decoder)
+        return out.masks.flatten(0, 1).float(), out.iou.flatten(0, 1).float()
 
     def _refine(self, features, points: np.ndarray, low: torch.Tensor, crop_hw):
         """SAM 2's ``use_m2m``: prompt each click again with its own mask, one mask out."""

@@ -94,6 +94,12 @@ class ImagePredictor:
         self.set_images([image])
 
     @property
+    def decoder(self):
+        """The copy of the mask decoder that prompts are decoded with in bf16 / fp16, or
+        None (fp32: the model's own); the ``decoder`` argument of ``predict_masks``."""
+        return self._decoder
+
+    @property
     def is_image_set(self) -> bool:
         return self._features is not None
 
@@ -161,7 +167,7 @@ class ImagePredictor:
         hw = self._sizes[index]
         coords, lab, boxes, masks_in, batched = self._prompt_tensors(points, labels, box, mask_input, hw)
         out = self.model.predict_masks(
-            self._features.select(index), coords, lab, boxes, masks_in, multimask, decoder=self._decoder
+            self._features.select(index), coords, lab, boxes, masks_in, multimask, decoder=self.decoder
         )
         logits = out.masks.float()
         masks = self.transform.binary_masks(logits, hw, self.mask_threshold)
