@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anyseg.models.common import MLP, LayerNorm2d
-from anyseg.models.two_way_transformer import TwoWayTransformer
+from anyseg.models.two_way_transformer import ImageProjections, TwoWayTransformer
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,17 @@ class LastResult:
         return value
 
 
+@dataclass
+class ImageSide:
+    """The decoder's image-side inputs: image tokens ``keys`` ``(1 or B, h w, C)``, their
+    position encoding ``key_pe`` ``(1, h w, C)``, and the first layer's projections of them
+    when they were made (see :meth:`MaskDecoder._image_side`)."""
+
+    keys: torch.Tensor
+    key_pe: torch.Tensor
+    projected: ImageProjections | None = None
+
+
 def _is_broadcast(dense: torch.Tensor) -> bool:
     """Whether ``dense`` ``(B, C, h, w)`` is one embedding vector expanded over the map and
     the batch (the no-mask prompt)."""
@@ -172,8 +183,8 @@ class MaskDecoder(nn.Module):
         tokens = torch.cat((tokens, sparse), dim=1)
 
         h, w = image_embed.shape[-2:]
-        keys, key_pe, projected = self._image_side(image_embed, image_pe, dense, image_offset)
-        hs, src = self.transformer(keys.expand(b, -1, -1), key_pe, tokens, projected)  # src: (B, h w, C)
+        side = self._image_side(image_embed, image_pe, dense, image_offset)
+        hs, src = self.transformer(side.keys.expand(b, -1, -1), side.key_pe, tokens, side.projected)  # (B, h w, C)
         iou_token_out = hs[:, first, :]
         mask_tokens_out = hs[:, first + 1 : first + 1 + self.num_mask_tokens, :]
 
@@ -206,13 +217,12 @@ class MaskDecoder(nn.Module):
         x = torch.baddbmm(add2, x, _deconv_weight(dc2).expand(b, -1, -1)).reshape(b, 16 * n, -1)
         return act2(x)
 
-    def _image_side(self, image_embed, image_pe, dense, offset):
-        """The image tokens ``(1 or B, h w, C)`` (``image_embed + offset + dense``), their
-        position encoding ``(1, h w, C)`` and the first layer's :class:`ImageProjections`
-        (or None). With no mask prompt these depend on the image only, so the last result is
-        kept (:class:`LastResult`) for the next prompt on the same image; the projections,
-        which cost more than the first layer's folded attention, are made on that second
-        prompt (a video frame is decoded once)."""
+    def _image_side(self, image_embed, image_pe, dense, offset) -> ImageSide:
+        """The image tokens (``image_embed + offset + dense``) and their position encoding.
+        With no mask prompt they depend on the image only, so the last result is kept
+        (:class:`LastResult`) for the next prompt on the same image; the first layer's
+        projections, which cost more than that layer's folded attention, are added on that
+        second prompt (a video frame is decoded once)."""
 
         def compute():
             dtype = self.iou_token.weight.dtype
@@ -220,15 +230,15 @@ class MaskDecoder(nn.Module):
             if offset is not None:
                 src = src + offset.to(dtype).reshape(1, -1, 1, 1)
             keys = (src + dense[:1].to(dtype) if broadcast else src + dense.to(dtype)).flatten(2).transpose(1, 2)
-            return [keys, image_pe.to(dtype).flatten(2).transpose(1, 2), None]
+            return ImageSide(keys, image_pe.to(dtype).flatten(2).transpose(1, 2))
 
         broadcast = _is_broadcast(dense)
         if not broadcast:
             return compute()
         inputs = (image_embed, image_pe, dense) + (() if offset is None else (offset,))
         side = self._image_of.get(inputs, compute)
-        if self._image_of.reused and side[2] is None and len(side[0]) == 1:
-            side[2] = self.transformer.layers[0].project_image(side[0], side[1])
+        if self._image_of.reused and side.projected is None and len(side.keys) == 1:
+            side.projected = self.transformer.layers[0].project_image(side.keys, side.key_pe)
         return side
 
     def _skips(self, high_res_features: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,8 +259,8 @@ class MaskDecoder(nn.Module):
     def copy_in(self, dtype: torch.dtype) -> "MaskDecoder":
         """A copy of this decoder with its weights in ``dtype``, to decode in that type (its
         inputs are cast to it; keep the image features in ``dtype`` too, or they are cast
-        once per image). Autocast would
-        instead cast every weight on every call, which on CPU costs more than it saves."""
+        once per image). Autocast would instead cast every weight on every call, which on
+        CPU costs more than it saves."""
         twin = MaskDecoder(self.cfg).to(self.iou_token.weight.device)
         twin.load_state_dict(self.state_dict())
         return twin.to(dtype).train(self.training)

@@ -11,7 +11,8 @@ pixels; mask logits leave at the original resolution.
 
 from __future__ import annotations
 
-import numba
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -47,20 +48,24 @@ class Transform:
 
     def masks(self, logits: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
         """``(B, K, 256, 256)`` low-res logits -> ``(B, K, H, W)`` logits."""
-        # one channel per map: CPU bilinear resizing runs about twice as fast on those
-        x = logits.reshape(-1, 1, *logits.shape[-2:]).float()
-        for size, (ch, cw) in self.stages(orig_hw):
-            x = F.interpolate(x, size, mode="bilinear", align_corners=False)[..., :ch, :cw]
+        x = _resize(logits, self.stages(orig_hw))
         return x.reshape(*logits.shape[:-2], *orig_hw)
 
     def binary_masks(self, logits: torch.Tensor, orig_hw: tuple[int, int], threshold: float) -> np.ndarray:
         """``(B, K, 256, 256)`` low-res logits -> ``(B, K, H, W)`` bool: ``masks(...) >
         threshold``, with the last resize fused into the comparison (:func:`resize_threshold`)."""
-        x = logits.reshape(-1, 1, *logits.shape[-2:]).float()
         *first, (last, _) = self.stages(orig_hw)
-        for size, (ch, cw) in first:
-            x = F.interpolate(x, size, mode="bilinear", align_corners=False)[..., :ch, :cw]
+        x = _resize(logits, first)
         return resize_threshold(x[:, 0], last, threshold).reshape(*logits.shape[:-2], *orig_hw)
+
+
+def _resize(logits: torch.Tensor, stages: list[Stage]) -> torch.Tensor:
+    """``(..., h, w)`` maps through bilinear ``stages``: ``(N, 1, H, W)`` float32."""
+    # one channel per map: CPU bilinear resizing runs about twice as fast on those
+    x = logits.reshape(-1, 1, *logits.shape[-2:]).float()
+    for size, (ch, cw) in stages:
+        x = F.interpolate(x, size, mode="bilinear", align_corners=False)[..., :ch, :cw]
+    return x
 
 
 def resize_threshold(maps: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
@@ -74,7 +79,7 @@ def resize_threshold(maps: torch.Tensor, size: tuple[int, int], threshold: float
     rows = F.interpolate(maps.float().reshape(n * h, 1, w), size[1], mode="linear", align_corners=False)
     r0, r1, w0, w1 = _linear_taps(h, size[0])
     out = np.empty((n, *size), dtype=np.bool_)
-    _blend_rows_threshold(rows.reshape(n, h, size[1]).numpy(), r0, r1, w0, w1, np.float32(threshold), out)
+    _compiled_blend()(rows.reshape(n, h, size[1]).numpy(), r0, r1, w0, w1, np.float32(threshold), out)
     return out
 
 
@@ -90,7 +95,15 @@ def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, ...]:
     return r0, r1, f32(1) - w1, w1
 
 
-@numba.njit(cache=True, nogil=True)
+@functools.cache
+def _compiled_blend():
+    """:func:`_blend_rows_threshold` compiled by numba, on first use (so that importing
+    anyseg does not import numba; the machine code is cached on disk by numba)."""
+    import numba
+
+    return numba.njit(cache=True, nogil=True)(_blend_rows_threshold)
+
+
 def _blend_rows_threshold(rows, r0, r1, w0, w1, threshold, out):
     """``out[k, i] = rows[k, r0[i]] * w0[i] + rows[k, r1[i]] * w1[i] > threshold``."""
     for k in range(rows.shape[0]):
