@@ -62,7 +62,9 @@ def image_to_tokens(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.
     The query projection is folded into the keys (``W_q^T k_h`` per head and token) and the
     output projection into the values (``v_h W_o^T``), so the N image positions meet only
     ``h * T`` vectors on each side. ``q_projected``: ``q W_q + b_q`` ``(1, N, D)`` when it is
-    already known (then ``q`` is not read).
+    already known (then ``q`` is not read). The scores are laid out ``(B, h, T, N)``: the
+    softmax over the few keys then runs along a long contiguous axis (on a short last axis
+    it is several times slower).
     """
     b, t, c = k.shape
     h = attn.num_heads
@@ -70,19 +72,16 @@ def image_to_tokens(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.
     scale = d**-0.5
     kh = attn.k_proj(k).reshape(b, t, h, d)
     if q_projected is None:
-        fold_q = torch.einsum("bthd,hdc->bcht", kh, attn.q_proj.weight.reshape(h, d, c)) * scale  # (B, C, h, T)
-        bias = torch.einsum("bthd,hd->bht", kh, attn.q_proj.bias.reshape(h, d)) * scale  # (B, h, T)
-        scores = (q @ fold_q.reshape(b, c, h * t)).float().reshape(b, -1, h, t) + bias.float().unsqueeze(1)
-    else:  # (h, N, d) @ (B, h, d, T) -> (B, N, h, T)
+        fold_q = torch.einsum("bthd,hdc->bhtc", kh, attn.q_proj.weight.reshape(h, d, c)) * scale
+        bias = torch.einsum("bthd,hd->bht", kh, attn.q_proj.bias.reshape(h, d)) * scale
+        scores = torch.baddbmm(bias.reshape(b, h * t, 1), fold_q.reshape(b, h * t, c), q.transpose(1, 2))
+    else:  # (B, h, T, d) @ (h, d, N)
         qh = q_projected.reshape(-1, h, d).transpose(0, 1)
-        scores = (qh @ kh.permute(0, 2, 3, 1) * scale).float().permute(0, 2, 1, 3)
-    # softmax over the T keys (in fp32: reduced-precision element-wise kernels are slower on
-    # CPU); written out because torch.softmax is slow on so short a last axis
-    e = (scores - scores.amax(dim=-1, keepdim=True)).exp_()
-    probs = (e / e.sum(dim=-1, keepdim=True)).reshape(b, -1, h * t).to(k.dtype)  # (B, N, hT)
+        scores = (kh.permute(0, 2, 1, 3) * scale) @ qh.transpose(1, 2)
+    probs = torch.softmax(scores.reshape(b, h, t, -1), dim=2).reshape(b, h * t, -1)  # (B, hT, N)
     vh = attn.v_proj(v).reshape(b, t, h, d)
     fold_o = torch.einsum("bthd,chd->bhtc", vh, attn.out_proj.weight.reshape(c, h, d))  # (B, h, T, C)
-    return torch.baddbmm(attn.out_proj.bias, probs, fold_o.reshape(b, h * t, c))
+    return torch.baddbmm(attn.out_proj.bias, probs.transpose(1, 2), fold_o.reshape(b, h * t, c))
 
 
 @dataclass
