@@ -173,7 +173,7 @@ class MaskDecoder(nn.Module):
         ``high_res_features`` ``[(1 or B, C/8, 4h, 4w), (1 or B, C/4, 2h, 2w)]``,
         ``image_offset`` ``(C,)`` added to the embedding first (SAM 2's ``no_mem_embed``).
         """
-        sparse = sparse.to(self.iou_token.weight.dtype)  # inputs are cast to it (see copy_in)
+        sparse = sparse.to(self.iou_token.weight.dtype)  # the token side's type (see copy_in)
         b = sparse.shape[0]
         heads = [self.iou_token.weight, self.mask_tokens.weight]
         if self.cfg.pred_obj_scores:
@@ -192,7 +192,7 @@ class MaskDecoder(nn.Module):
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        masks = _from_blocks(up @ hyper_in.transpose(1, 2), h, w, levels=2)
+        masks = _from_blocks(up @ hyper_in.transpose(1, 2).to(up.dtype), h, w, levels=2)
 
         iou = self.iou_prediction_head(iou_token_out)
         if self.cfg.pred_obj_scores:
@@ -225,7 +225,7 @@ class MaskDecoder(nn.Module):
         second prompt (a video frame is decoded once)."""
 
         def compute():
-            dtype = self.iou_token.weight.dtype
+            dtype = self.image_dtype
             src = image_embed.to(dtype)
             if offset is not None:
                 src = src + offset.to(dtype).reshape(1, -1, 1, 1)
@@ -256,14 +256,22 @@ class MaskDecoder(nn.Module):
                      _to_blocks(feat_s0.to(dtype), 2) + dc2.bias.repeat(4)),
         )
 
+    @property
+    def image_dtype(self) -> torch.dtype:
+        """The type the image side is decoded in (see :meth:`copy_in`)."""
+        return self.output_upscaling[0].weight.dtype
+
     def copy_in(self, dtype: torch.dtype) -> "MaskDecoder":
-        """A copy of this decoder with its weights in ``dtype``, to decode in that type (its
-        inputs are cast to it; keep the image features in ``dtype`` too, or they are cast
-        once per image). Autocast would instead cast every weight on every call, which on
-        CPU costs more than it saves."""
+        """A copy of this decoder that decodes the image side in ``dtype``: the image tokens
+        and the upscaling (their weights cast once, here) are in ``dtype``; the prompt and
+        output tokens and their layers stay fp32 (see :mod:`two_way_transformer`). Keep
+        the image features in ``dtype`` too, or they are cast once per image. Autocast
+        would instead cast every weight on every call, which on CPU costs more than it
+        saves."""
         twin = MaskDecoder(self.cfg).to(self.iou_token.weight.device)
         twin.load_state_dict(self.state_dict())
-        return twin.to(dtype).train(self.training)
+        twin.output_upscaling.to(dtype)
+        return twin.train(self.training)
 
     def _load_from_state_dict(self, *args, **kwargs):
         # the kept results were computed with the old weights

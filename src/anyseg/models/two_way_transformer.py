@@ -9,6 +9,11 @@ same attention (up to float rounding) at about 2.3x fewer multiply-adds, which i
 of the cost of a click. The first block's image-side projections do not depend on the
 prompt (with no mask prompt); the mask decoder computes them once per image
 (:class:`ImageProjections`), and that block then attends directly.
+
+The image tokens may be in a reduced type (bf16 / fp16) while the tokens and every weight
+stay fp32: the token side is a few vectors, whose products cost more in a reduced type
+(per-call weight packing) than they save. Token-side results are cast to the image type
+where they meet the image, and back.
 """
 
 from __future__ import annotations
@@ -35,13 +40,13 @@ def tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.
     d = attn.internal_dim // h
     qh = attn.q_proj(q).reshape(b, t, h, d)
     qk = torch.einsum("bthd,hdc->bhtc", qh, attn.k_proj.weight.reshape(h, d, c)) * d**-0.5
-    qk = qk.reshape(b, h * t, c)
+    qk = qk.reshape(b, h * t, c).to(k.dtype)
     if k.dtype == torch.float32:
         scores = qk @ k.transpose(1, 2)  # (B, hT, N)
     else:  # bf16/fp16 product kernels want the N rows first (3x faster on AMX CPUs)
         scores = torch.bmm(k, qk.transpose(1, 2)).transpose(1, 2)
     probs = torch.softmax(scores, dim=-1)
-    pv = (probs @ v).reshape(b, h, t, c)
+    pv = (probs @ v).reshape(b, h, t, c).to(q.dtype)
     out = torch.einsum("bhtc,hdc->bthd", pv, attn.v_proj.weight.reshape(h, d, c)) + attn.v_proj.bias.reshape(h, d)
     return attn.out_proj(out.reshape(b, t, h * d))
 
@@ -50,9 +55,9 @@ def tokens_to_projected_image(attn: Attention, q: torch.Tensor, keys: torch.Tens
     """``attn(q, k, v)`` for queries ``(B, T, C)`` when the image side is already projected:
     ``keys`` = ``k W_k + b_k`` and ``values`` = ``v W_v + b_v``, ``(1, N, D)`` each."""
     b = q.shape[0]
-    qh = attn.split_heads(attn.q_proj(q))
+    qh = attn.split_heads(attn.q_proj(q)).to(keys.dtype)
     kh, vh = (attn.split_heads(x).expand(b, -1, -1, -1) for x in (keys, values))
-    return attn.out_proj(attn.merge_heads(F.scaled_dot_product_attention(qh, kh, vh)))
+    return attn.out_proj(attn.merge_heads(F.scaled_dot_product_attention(qh, kh, vh)).to(q.dtype))
 
 
 def image_to_tokens(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -70,18 +75,20 @@ def image_to_tokens(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.
     h = attn.num_heads
     d = attn.internal_dim // h
     scale = d**-0.5
+    dtype = (q if q_projected is None else q_projected).dtype  # the image side's
     kh = attn.k_proj(k).reshape(b, t, h, d)
     if q_projected is None:
         fold_q = torch.einsum("bthd,hdc->bhtc", kh, attn.q_proj.weight.reshape(h, d, c)) * scale
         bias = torch.einsum("bthd,hd->bht", kh, attn.q_proj.bias.reshape(h, d)) * scale
-        scores = torch.baddbmm(bias.reshape(b, h * t, 1), fold_q.reshape(b, h * t, c), q.transpose(1, 2))
+        scores = torch.baddbmm(bias.reshape(b, h * t, 1).to(dtype), fold_q.reshape(b, h * t, c).to(dtype),
+                               q.transpose(1, 2))
     else:  # (B, h, T, d) @ (h, d, N)
         qh = q_projected.reshape(-1, h, d).transpose(0, 1)
-        scores = (kh.permute(0, 2, 1, 3) * scale) @ qh.transpose(1, 2)
+        scores = (kh.permute(0, 2, 1, 3) * scale).to(dtype) @ qh.transpose(1, 2)
     probs = torch.softmax(scores.reshape(b, h, t, -1), dim=2).reshape(b, h * t, -1)  # (B, hT, N)
     vh = attn.v_proj(v).reshape(b, t, h, d)
     fold_o = torch.einsum("bthd,chd->bhtc", vh, attn.out_proj.weight.reshape(c, h, d))  # (B, h, T, C)
-    return torch.baddbmm(attn.out_proj.bias, probs.transpose(1, 2), fold_o.reshape(b, h * t, c))
+    return torch.baddbmm(attn.out_proj.bias.to(dtype), probs.transpose(1, 2), fold_o.reshape(b, h * t, c).to(dtype))
 
 
 @dataclass
@@ -113,12 +120,16 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def project_image(self, keys: torch.Tensor, key_pe: torch.Tensor) -> ImageProjections:
-        """The image-side projections for image tokens ``keys`` ``(1, HW, C)``."""
+        """The image-side projections for image tokens ``keys`` ``(1, HW, C)``, in their type."""
+
+        def project(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+            return F.linear(x, linear.weight.to(x.dtype), linear.bias.to(x.dtype))
+
         k = keys + key_pe
         return ImageProjections(
-            self.cross_attn_token_to_image.k_proj(k),
-            self.cross_attn_token_to_image.v_proj(keys),
-            self.cross_attn_image_to_token.q_proj(k),
+            project(self.cross_attn_token_to_image.k_proj, k),
+            project(self.cross_attn_token_to_image.v_proj, keys),
+            project(self.cross_attn_image_to_token.q_proj, k),
         )
 
     def forward(self, queries, keys, query_pe, key_pe, projected: ImageProjections | None = None):
