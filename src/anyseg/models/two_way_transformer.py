@@ -60,22 +60,25 @@ def tokens_to_projected_image(attn: Attention, q: torch.Tensor, keys: torch.Tens
     return attn.out_proj(attn.merge_heads(F.scaled_dot_product_attention(qh, kh, vh)).to(q.dtype))
 
 
-def image_to_tokens(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    q_projected: torch.Tensor | None = None) -> torch.Tensor:
-    """``attn(q, k, v)`` for many queries ``(B, N, C)`` and few keys/values ``(B, T, C)``.
+def image_to_tokens(attn: Attention, q: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor,
+                    residual: torch.Tensor, q_projected: torch.Tensor | None = None) -> torch.Tensor:
+    """``residual + attn(q, k, v)`` for many queries ``(B, N, C)`` and few keys/values
+    ``(B, T, C)``; ``residual`` ``(B, N, C)``.
 
     The query projection is folded into the keys (``W_q^T k_h`` per head and token) and the
     output projection into the values (``v_h W_o^T``), so the N image positions meet only
-    ``h * T`` vectors on each side. ``q_projected``: ``q W_q + b_q`` ``(1, N, D)`` when it is
-    already known (then ``q`` is not read). The scores are laid out ``(B, h, T, N)``: the
-    softmax over the few keys then runs along a long contiguous axis (on a short last axis
-    it is several times slower).
+    ``h * T`` vectors on each side. Each head's attention rows sum to one, so the output
+    bias is folded into the values too (``b_o / h`` per head) and the product accumulates
+    straight into the residual. ``q_projected``: the queries ``q W_q + b_q`` per head,
+    ``(h, d, N)``, when already known (then ``q`` is not read). The scores are laid out
+    ``(B, h, T, N)``: the softmax over the few keys then runs along a long contiguous axis
+    (on a short last axis it is several times slower).
     """
     b, t, c = k.shape
     h = attn.num_heads
     d = attn.internal_dim // h
     scale = d**-0.5
-    dtype = (q if q_projected is None else q_projected).dtype  # the image side's
+    dtype = residual.dtype  # the image side's
     kh = attn.k_proj(k).reshape(b, t, h, d)
     if q_projected is None:
         fold_q = torch.einsum("bthd,hdc->bhtc", kh, attn.q_proj.weight.reshape(h, d, c)) * scale
@@ -83,22 +86,21 @@ def image_to_tokens(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.
         scores = torch.baddbmm(bias.reshape(b, h * t, 1).to(dtype), fold_q.reshape(b, h * t, c).to(dtype),
                                q.transpose(1, 2))
     else:  # (B, h, T, d) @ (h, d, N)
-        qh = q_projected.reshape(-1, h, d).transpose(0, 1)
-        scores = (kh.permute(0, 2, 1, 3) * scale).to(dtype) @ qh.transpose(1, 2)
+        scores = (kh.permute(0, 2, 1, 3) * scale).to(dtype) @ q_projected
     probs = torch.softmax(scores.reshape(b, h, t, -1), dim=2).reshape(b, h * t, -1)  # (B, hT, N)
     vh = attn.v_proj(v).reshape(b, t, h, d)
-    fold_o = torch.einsum("bthd,chd->bhtc", vh, attn.out_proj.weight.reshape(c, h, d))  # (B, h, T, C)
-    return torch.baddbmm(attn.out_proj.bias.to(dtype), probs.transpose(1, 2), fold_o.reshape(b, h * t, c).to(dtype))
+    fold_o = torch.einsum("bthd,chd->bhtc", vh, attn.out_proj.weight.reshape(c, h, d)) + attn.out_proj.bias / h
+    return torch.baddbmm(residual, probs.transpose(1, 2), fold_o.reshape(b, h * t, c).to(dtype))
 
 
 @dataclass
 class ImageProjections:
-    """What the first block computes from the image side alone, ``(1, N, D)`` each: with no
-    mask prompt it is the same for every prompt on an image, so it is computed once."""
+    """What the first block computes from the image side alone: with no mask prompt it is
+    the same for every prompt on an image, so it is computed once."""
 
-    keys: torch.Tensor  # token -> image keys, (image + pe) W_k + b_k
-    values: torch.Tensor  # token -> image values, image W_v + b_v
-    queries: torch.Tensor  # image -> token queries, (image + pe) W_q + b_q
+    keys: torch.Tensor  # token -> image keys, (image + pe) W_k + b_k, (1, N, D)
+    values: torch.Tensor  # token -> image values, image W_v + b_v, (1, N, D)
+    queries: torch.Tensor  # image -> token queries, (image + pe) W_q + b_q, per head (h, d, N)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -126,10 +128,12 @@ class TwoWayAttentionBlock(nn.Module):
             return F.linear(x, linear.weight.to(x.dtype), linear.bias.to(x.dtype))
 
         k = keys + key_pe
+        i2t = self.cross_attn_image_to_token
+        queries = project(i2t.q_proj, k)[0].reshape(k.shape[1], i2t.num_heads, -1).permute(1, 2, 0)
         return ImageProjections(
             project(self.cross_attn_token_to_image.k_proj, k),
             project(self.cross_attn_token_to_image.v_proj, keys),
-            project(self.cross_attn_image_to_token.q_proj, k),
+            queries.contiguous(),
         )
 
     def forward(self, queries, keys, query_pe, key_pe, projected: ImageProjections | None = None):
@@ -154,7 +158,7 @@ class TwoWayAttentionBlock(nn.Module):
 
         q = queries + query_pe
         q_projected = None if projected is None else projected.queries
-        keys = self.norm4(keys + image_to_tokens(i2t, k, q, queries, q_projected))
+        keys = self.norm4(image_to_tokens(i2t, k, q, queries, keys, q_projected))
         return queries, keys
 
 
