@@ -1,8 +1,10 @@
 """The mask decoder's blocked upscaling equals the plain layer stack; the image-side work
 it keeps between prompts changes no result and never outlives the weights."""
 
+import pytest
 import torch
 
+from anyseg.kernels import mask_product
 from anyseg.models.mask_decoder import MaskDecoder, MaskDecoderConfig, _from_blocks
 
 
@@ -32,6 +34,18 @@ def test_blocked_upscale_matches_the_layer_stack():
     masks = torch.einsum("bnc,bkc->bnk", up, hyper)
     expected = torch.einsum("bchw,bkc->bkhw", reference_upscale(dec, x, feat_s0, feat_s1), hyper)
     torch.testing.assert_close(_from_blocks(masks, h, w, levels=2), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_mask_product_matches_product_then_reorder(dtype):
+    g = torch.Generator().manual_seed(0)
+    b, h, w, c = 2, 5, 3, 8
+    feats = torch.randn(b, 16 * h * w, c, generator=g).to(dtype)
+    hyper = torch.randn(b, 4, c, generator=g)
+    expected = _from_blocks(feats.float() @ hyper.transpose(1, 2), h, w, levels=2)
+    got = mask_product(feats, hyper, h, w)
+    assert got.dtype == torch.float32 and got.shape == (b, 4, 4 * h, 4 * w)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @torch.inference_mode()
@@ -88,6 +102,6 @@ def test_reduced_precision_copy():
     assert half.image_dtype == torch.bfloat16 and dec.image_dtype == torch.float32
     assert half.iou_token.weight.dtype == torch.float32  # the token side stays fp32
     out, ref = half.predict_all(*inputs), dec.predict_all(*inputs)
-    assert out.masks.dtype == torch.bfloat16 and out.iou.dtype == torch.float32
+    assert out.masks.dtype == torch.float32 and out.iou.dtype == torch.float32  # masks: see mask_product
     torch.testing.assert_close(out.iou, ref.iou, atol=0.02, rtol=0)
     assert ((out.masks.float() > 0) == (ref.masks > 0)).float().mean() > 0.9

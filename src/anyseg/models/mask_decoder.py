@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anyseg.kernels import mask_product
 from anyseg.models.common import MLP, LayerNorm2d
 from anyseg.models.two_way_transformer import ImageProjections, TwoWayTransformer
 
@@ -192,7 +193,10 @@ class MaskDecoder(nn.Module):
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        masks = _from_blocks(up @ hyper_in.transpose(1, 2).to(up.dtype), h, w, levels=2)
+        if up.device.type == "cpu" and not torch.is_grad_enabled():
+            masks = mask_product(up, hyper_in, h, w)  # fp32, in raster order
+        else:
+            masks = _from_blocks(up @ hyper_in.transpose(1, 2).to(up.dtype), h, w, levels=2)
 
         iou = self.iou_prediction_head(iou_token_out)
         if self.cfg.pred_obj_scores:
@@ -215,7 +219,7 @@ class MaskDecoder(nn.Module):
         x = torch.baddbmm(add1, x, _deconv_weight(dc1).expand(b, -1, -1)).reshape(b, 4 * n, -1)
         x = act1(F.layer_norm(x, x.shape[-1:], ln1.weight, ln1.bias, ln1.eps))
         x = torch.baddbmm(add2, x, _deconv_weight(dc2).expand(b, -1, -1)).reshape(b, 16 * n, -1)
-        return act2(x)
+        return act2(x) if torch.is_grad_enabled() else torch.ops.aten.gelu_(x)  # in place: no 8 MB buffer
 
     def _image_side(self, image_embed, image_pe, dense, offset) -> ImageSide:
         """The image tokens (``image_embed + offset + dense``) and their position encoding.

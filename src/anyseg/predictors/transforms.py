@@ -11,12 +11,12 @@ pixels; mask logits leave at the original resolution.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from anyseg.kernels import blend_rows_threshold
 
 # (size, crop): bilinearly resize to ``size`` (h, w), then keep the top-left ``crop`` (h, w)
 Stage = tuple[tuple[int, int], tuple[int, int]]
@@ -79,7 +79,7 @@ def resize_threshold(maps: torch.Tensor, size: tuple[int, int], threshold: float
     rows = F.interpolate(maps.float().reshape(n * h, 1, w), size[1], mode="linear", align_corners=False)
     r0, r1, w0, w1 = _linear_taps(h, size[0])
     out = np.empty((n, *size), dtype=np.bool_)
-    _compiled_blend()(rows.reshape(n, h, size[1]).numpy(), r0, r1, w0, w1, np.float32(threshold), out)
+    blend_rows_threshold(rows.reshape(n, h, size[1]).numpy(), r0, r1, w0, w1, threshold, out)
     return out
 
 
@@ -93,24 +93,6 @@ def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, ...]:
     r1 = r0 + (r0 < n_in - 1)
     w1 = src - r0.astype(f32)
     return r0, r1, f32(1) - w1, w1
-
-
-@functools.cache
-def _compiled_blend():
-    """:func:`_blend_rows_threshold` compiled by numba, on first use (so that importing
-    anyseg does not import numba; the machine code is cached on disk by numba)."""
-    import numba
-
-    return numba.njit(cache=True, nogil=True)(_blend_rows_threshold)
-
-
-def _blend_rows_threshold(rows, r0, r1, w0, w1, threshold, out):
-    """``out[k, i] = rows[k, r0[i]] * w0[i] + rows[k, r1[i]] * w1[i] > threshold``."""
-    for k in range(rows.shape[0]):
-        for i in range(out.shape[1]):
-            a, b, u, v, o = rows[k, r0[i]], rows[k, r1[i]], w0[i], w1[i], out[k, i]
-            for j in range(out.shape[2]):
-                o[j] = a[j] * u + b[j] * v > threshold
 
 
 class Sam1Transform(Transform):
