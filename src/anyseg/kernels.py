@@ -2,16 +2,21 @@
 operations would pass over large arrays several times (or reorder them element by element).
 
 Each loop is compiled by numba on first use (importing anyseg does not import numba; the
-machine code is cached on disk) and runs on one thread without the GIL. Callers keep the
-torch form of each step for other devices and for autograd.
+machine code is cached on disk) and releases the GIL; its outer range is split across
+``torch.get_num_threads()`` Python threads (numba's own parallel layers are not safe
+everywhere a server may call from several threads). Callers keep the torch form of each
+step for other devices and for autograd.
 """
 
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+
+_pool: ThreadPoolExecutor | None = None
 
 
 @functools.cache
@@ -24,15 +29,30 @@ def _compiled(name: str):
     return numba.njit(**options)(globals()["_" + name])
 
 
+def _run_split(name: str, n: int, *args) -> None:
+    """``loop(start, stop, *args)`` over ``[0, n)`` in up to ``torch.get_num_threads()``
+    parts at once (one on this thread)."""
+    global _pool
+    loop = _compiled(name)
+    parts = max(1, min(torch.get_num_threads(), n))
+    bounds = [n * p // parts for p in range(parts + 1)]
+    if parts > 1 and (_pool is None or _pool._max_workers < parts - 1):
+        _pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="anyseg-kernel")
+    others = [_pool.submit(loop, bounds[p], bounds[p + 1], *args) for p in range(1, parts)]
+    loop(bounds[0], bounds[1], *args)
+    for job in others:
+        job.result()
+
+
 def blend_rows_threshold(rows: np.ndarray, r0, r1, w0, w1, threshold: float, out: np.ndarray) -> None:
     """``out[k, i] = rows[k, r0[i]] * w0[i] + rows[k, r1[i]] * w1[i] > threshold`` for
     ``rows`` ``(K, h, W)`` float32 and ``out`` ``(K, H, W)`` bool."""
-    _compiled("blend_rows_threshold")(rows, r0, r1, w0, w1, np.float32(threshold), out)
+    _run_split("blend_rows_threshold", out.shape[1], rows, r0, r1, w0, w1, np.float32(threshold), out)
 
 
-def _blend_rows_threshold(rows, r0, r1, w0, w1, threshold, out):
-    for k in range(rows.shape[0]):
-        for i in range(out.shape[1]):
+def _blend_rows_threshold(start, stop, rows, r0, r1, w0, w1, threshold, out):
+    for i in range(start, stop):
+        for k in range(rows.shape[0]):
             a, b, u, v, o = rows[k, r0[i]], rows[k, r1[i]], w0[i], w1[i], out[k, i]
             for j in range(out.shape[2]):
                 o[j] = a[j] * u + b[j] * v > threshold
@@ -47,30 +67,30 @@ def mask_product(features: torch.Tensor, hyper: torch.Tensor, h: int, w: int) ->
     b, _, c = features.shape
     out = torch.empty(b, hyper.shape[1], 4 * h, 4 * w)
     bits = features.dtype == torch.bfloat16  # numpy has no bf16: its bits, widened in the loop
-    feats = (features.view(torch.int16) if bits else features.float()).contiguous().numpy()
-    _compiled("mask_product")(feats, bits, hyper.float().contiguous().numpy(), h, w, out.numpy())
+    feats = (features.view(torch.uint16) if bits else features.float()).contiguous().numpy()
+    _run_split("mask_product", b * h, feats, bits, hyper.float().contiguous().numpy(), h, w, out.numpy())
     return out
 
 
-def _mask_product(feats, bits, hyper, h, w, out):
-    nb, _, c = feats.shape
+def _mask_product(start, stop, feats, bits, hyper, h, w, out):
+    c = feats.shape[2]
     wide = np.empty(c, np.uint32)
     row = wide.view(np.float32)
-    for b in range(nb):
-        for i in range(h):
-            for j in range(w):
-                base = (i * w + j) * 16
-                for s in range(16):
-                    if bits:
-                        for ch in range(c):
-                            wide[ch] = np.uint32(np.uint16(feats[b, base + s, ch])) << 16
-                    else:
-                        for ch in range(c):
-                            row[ch] = feats[b, base + s, ch]
-                    y = 4 * i + 2 * (s >> 3) + ((s >> 1) & 1)
-                    x = 4 * j + 2 * ((s >> 2) & 1) + (s & 1)
-                    for m in range(hyper.shape[1]):
-                        acc = np.float32(0)
-                        for ch in range(c):
-                            acc += row[ch] * hyper[b, m, ch]
-                        out[b, m, y, x] = acc
+    for bi in range(start, stop):  # (mask batch, row of the h x w grid)
+        b, i = bi // h, bi % h
+        for j in range(w):
+            base = (i * w + j) * 16
+            for s in range(16):
+                if bits:
+                    for ch in range(c):
+                        wide[ch] = np.uint32(feats[b, base + s, ch]) << 16
+                else:
+                    for ch in range(c):
+                        row[ch] = feats[b, base + s, ch]
+                y = 4 * i + 2 * (s >> 3) + ((s >> 1) & 1)
+                x = 4 * j + 2 * ((s >> 2) & 1) + (s & 1)
+                for m in range(hyper.shape[1]):
+                    acc = np.float32(0)
+                    for ch in range(c):
+                        acc += row[ch] * hyper[b, m, ch]
+                    out[b, m, y, x] = acc
