@@ -102,7 +102,7 @@ def test_side_by_side_round(samples_dir, tmp_path, monkeypatch):
     precision gets its own rows."""
     monkeypatch.setattr(bench, "official_side", lambda python, source: bench.Side(
         "official", python, ["-m", "anyseg.bench"], source))
-    cfg = bench.Config(models=["sam2.1_hiera_t", "sam9_huge"], measures=["click"], repeat=1, click_iters=2,
+    cfg = bench.Config(models=["sam2.1_hiera_t", "sam9_huge"], measures=["click"], repeat=1, click_iters=2, pause=0,
                        threads=1, image=str(samples_dir / "images" / "truck.jpg"),
                        official={"sam2": str(tmp_path)}, official_python=bench.OURS.python,
                        precisions=["fp32", "bf16"])

@@ -17,7 +17,10 @@ an official source tree and a python that has torch + torchvision, the same meas
 also runs in ``benchmarks/official_driver.py`` on the official predictors, with the same
 weights file, inputs and thread count. Both processes are set up (model loaded, warmed
 up), then their timed calls alternate one by one, so that each pair of samples sees the
-same load on a shared machine; this repeats ``--repeat`` times in fresh processes. The
+same load on a shared machine; this repeats ``--repeat`` times in fresh processes. Each
+timed call starts after ``--pause`` seconds of idle time (0.1 s by default; clicks come
+at human pace): otherwise the worker threads that one side's torch leaves spinning
+after its call would run on the cores during the other side's call. The
 ratio is the median over pairs of the official time over ours (for video: per frame
 step; for memory: the official peak over ours), so above 1 means anyseg is faster (or
 smaller).
@@ -388,6 +391,7 @@ class Config:
     official: dict[str, str] = field(default_factory=dict)
     official_python: str = ""
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    pause: float = 0.1  # idle seconds before each timed call
 
 
 def _metrics(measures: list[str]) -> list[tuple[str, str, int]]:
@@ -450,7 +454,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
                 plan.append((row, task, sides))
         for r in range(cfg.repeat):
             for row, task, sides in plan:
-                _run_pairs(row, task, sides if r % 2 == 0 else sides[::-1], tmp_path)
+                _run_pairs(row, task, sides if r % 2 == 0 else sides[::-1], tmp_path, cfg.pause)
                 shown = ", ".join(f"{side}: {_fmt(_value(row[side], row['unit']), row['unit'])}"
                                   for side in ("anyseg", "official") if row[side])
                 log(f"[{r + 1}/{cfg.repeat}] {row['model']} {row['metric']} ({row['precision']}): {shown}")
@@ -465,6 +469,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
     return {"machine": machine() | {"torch_threads": cfg.threads},
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "settings": {"repeat": cfg.repeat, "threads": cfg.threads, "precisions": cfg.precisions,
+                         "pause": cfg.pause,
                          "image": Path(cfg.image).name,
                          "everything_image": Path(cfg.everything_image).name,
                          "video": Path(cfg.video).name, "video_frames": cfg.frames,
@@ -472,9 +477,10 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
             "results": rows}
 
 
-def _run_pairs(row: dict, task: Task, sides: list[Side], tmp_path: Path) -> None:
-    """One repeat of one row: start both sides, alternate their timed calls, and add
-    samples, pair ratios, peak memory, checks and errors to ``row``."""
+def _run_pairs(row: dict, task: Task, sides: list[Side], tmp_path: Path, pause: float) -> None:
+    """One repeat of one row: start both sides, alternate their timed calls (each after
+    ``pause`` idle seconds), and add samples, pair ratios, peak memory, checks and errors
+    to ``row``."""
     entries = {}
     for side in sides:
         entries[side.name] = row[side.name] = row[side.name] or {"samples": [], "peak_rss_mib": [], "errors": []}
@@ -488,6 +494,7 @@ def _run_pairs(row: dict, task: Task, sides: list[Side], tmp_path: Path) -> None
         for i in range(task.iters):
             got = {}
             for worker in workers if i % 2 == 0 else workers[::-1]:
+                time.sleep(pause)
                 got[worker.side.name] = worker.step()
                 entries[worker.side.name]["samples"].append(got[worker.side.name])
             if len(got) == 2 and got["anyseg"] > 0:
@@ -546,7 +553,8 @@ def markdown(report: dict) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, {m['torch_threads']} threads"
         + (f"; official side: torch {', '.join(sorted(official_torch))}" if official_torch else "")
-        + f". {report['date']}; {report['settings']['repeat']} repeats, calls alternating between the sides; "
+        + f". {report['date']}; {report['settings']['repeat']} repeats, calls alternating between the sides"
+        + f" ({report['settings'].get('pause', 0)} s idle before each); "
         "medians. Ratio: the median over pairs of official time / anyseg time (memory: official / anyseg). "
         "Precision: anyseg's (the official side computes in fp32).",
         "",

@@ -52,6 +52,9 @@ def register(sub) -> None:
     p.add_argument("--clicks", type=int, default=20, metavar="N", help="timed clicks per process (default: 20)")
     p.add_argument("--frames", type=int, default=15, metavar="N",
                    help="video frames tracked after the prompted one (default: 15)")
+    p.add_argument("--pause", type=float, default=0.1, metavar="SECONDS",
+                   help="idle time before each timed call, so neither side's spinning threads overlap the "
+                        "other's call (default: 0.1)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="N",
                    help="torch threads on both sides (default: all cores)")
     p.add_argument("--image", default=str(bench.DEFAULT_IMAGE), metavar="PATH",
@@ -86,10 +89,13 @@ def run_bench(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"{path} does not exist")
     if min(args.repeat, args.iters, args.clicks, args.frames, args.threads) < 1:
         raise InvalidInputError("--repeat, --iters, --clicks, --frames and --threads must be >= 1")
+    if not 0 <= args.pause <= 60:
+        raise InvalidInputError("--pause must be between 0 and 60 seconds")
     cfg = bench.Config(models=args.models, measures=args.measures, repeat=args.repeat, iters=args.iters,
                        click_iters=args.clicks, frames=args.frames, threads=args.threads, image=args.image,
                        everything_image=args.everything_image, video=args.video, official=official,
-                       official_python=args.official_python or "", precisions=args.precisions)
+                       official_python=args.official_python or "", precisions=args.precisions,
+                       pause=args.pause)
     report = bench.run(cfg, log=lambda line: print(line, flush=True))
     paths = bench.write_report(report, args.out)
     print()
