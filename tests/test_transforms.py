@@ -15,14 +15,18 @@ def test_resize_threshold_equals_interpolate_then_compare(size):
     maps = torch.randn(3, 64, 80, generator=torch.Generator().manual_seed(0))
     for threshold in (0.0, 0.3):
         expected = F.interpolate(maps[:, None], size, mode="bilinear", align_corners=False)[:, 0] > threshold
-        got = resize_threshold(maps, size, threshold)
+        got = resize_threshold(maps, [(size, size)], threshold)
         assert got.dtype == np.bool_ and got.shape == (3, *size)
         assert np.array_equal(got, expected.numpy())
 
 
+@pytest.mark.parametrize("hw", [(480, 640), (640, 480), (1200, 1800)])
 @pytest.mark.parametrize("transform", [Sam1Transform(), Sam2Transform()])
-def test_binary_masks_are_the_thresholded_logits(transform):
+def test_binary_masks_are_the_thresholded_logits(transform, hw):
+    # equal up to float rounding: only a pixel whose logit is within rounding of the
+    # threshold may differ (one of 13 M here)
     logits = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
-    hw = (480, 640)
     got = transform.binary_masks(logits, hw, 0.0)
-    assert np.array_equal(got, (transform.masks(logits, hw) > 0).numpy())
+    expected = transform.masks(logits, hw).numpy()
+    differ = got != (expected > 0)
+    assert differ.sum() <= 2 and np.abs(expected[differ]).max(initial=0) < 1e-5

@@ -44,18 +44,28 @@ def _run_split(name: str, n: int, *args) -> None:
         job.result()
 
 
-def blend_rows_threshold(rows: np.ndarray, r0, r1, w0, w1, threshold: float, out: np.ndarray) -> None:
-    """``out[k, i] = rows[k, r0[i]] * w0[i] + rows[k, r1[i]] * w1[i] > threshold`` for
-    ``rows`` ``(K, h, W)`` float32 and ``out`` ``(K, H, W)`` bool."""
-    _run_split("blend_rows_threshold", out.shape[1], rows, r0, r1, w0, w1, np.float32(threshold), out)
+def blend_rows_threshold(rows: np.ndarray, taps: np.ndarray, weights: np.ndarray, threshold: float,
+                         out: np.ndarray) -> None:
+    """``out[k, i] = sum_t rows[k, taps[i, t]] * weights[i, t] > threshold`` (summed in
+    order of t) for ``rows`` ``(K, h, W)`` float32, ``taps`` / ``weights`` ``(H, T)`` and
+    ``out`` ``(K, H, W)`` bool."""
+    _run_split("blend_rows_threshold", out.shape[1], rows, taps, weights, np.float32(threshold), out)
 
 
-def _blend_rows_threshold(start, stop, rows, r0, r1, w0, w1, threshold, out):
+def _blend_rows_threshold(start, stop, rows, taps, weights, threshold, out):
+    acc = np.empty(rows.shape[2], np.float32)
     for i in range(start, stop):
         for k in range(rows.shape[0]):
-            a, b, u, v, o = rows[k, r0[i]], rows[k, r1[i]], w0[i], w1[i], out[k, i]
-            for j in range(out.shape[2]):
-                o[j] = a[j] * u + b[j] * v > threshold
+            first, u = rows[k, taps[i, 0]], weights[i, 0]
+            for j in range(acc.shape[0]):
+                acc[j] = first[j] * u
+            for t in range(1, taps.shape[1]):
+                row, u = rows[k, taps[i, t]], weights[i, t]
+                for j in range(acc.shape[0]):
+                    acc[j] += row[j] * u
+            o = out[k, i]
+            for j in range(acc.shape[0]):
+                o[j] = acc[j] > threshold
 
 
 def mask_product(features: torch.Tensor, hyper: torch.Tensor, h: int, w: int) -> torch.Tensor:

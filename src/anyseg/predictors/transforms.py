@@ -11,6 +11,8 @@ pixels; mask logits leave at the original resolution.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -53,10 +55,9 @@ class Transform:
 
     def binary_masks(self, logits: torch.Tensor, orig_hw: tuple[int, int], threshold: float) -> np.ndarray:
         """``(B, K, 256, 256)`` low-res logits -> ``(B, K, H, W)`` bool: ``masks(...) >
-        threshold``, with the last resize fused into the comparison (:func:`resize_threshold`)."""
-        *first, (last, _) = self.stages(orig_hw)
-        x = _resize(logits, first)
-        return resize_threshold(x[:, 0], last, threshold).reshape(*logits.shape[:-2], *orig_hw)
+        threshold``, the resizes fused with the comparison (:func:`resize_threshold`)."""
+        maps = logits.reshape(-1, *logits.shape[-2:])
+        return resize_threshold(maps, self.stages(orig_hw), threshold).reshape(*logits.shape[:-2], *orig_hw)
 
 
 def _resize(logits: torch.Tensor, stages: list[Stage]) -> torch.Tensor:
@@ -68,19 +69,38 @@ def _resize(logits: torch.Tensor, stages: list[Stage]) -> torch.Tensor:
     return x
 
 
-def resize_threshold(maps: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
-    """``F.interpolate(maps, size, mode="bilinear", align_corners=False) > threshold`` for
-    ``(N, h, w)`` maps: ``(N, H, W)`` bool, the same values at about a quarter of the time
-    on CPU. Rows are resized along x by torch, then the vertical blend and the comparison run
-    in one compiled loop that writes only the booleans (no ``(N, H, W)`` float map)."""
+def resize_threshold(maps: torch.Tensor, stages: list[Stage], threshold: float) -> np.ndarray:
+    """``(N, h, w)`` maps through bilinear ``stages`` (as :meth:`Transform.masks` does), then
+    ``> threshold``: ``(N, H, W)`` bool, at a fraction of the time on CPU.
+
+    Bilinear resizing is separable, so the rows are first resized along x through every
+    stage by torch (on the h low-res rows only); each output row is then a weighted sum of
+    at most ``2 ** len(stages)`` of those rows, which one compiled loop adds up and compares,
+    writing only the booleans (no float map at the image size). The values equal torch's up
+    to float rounding: a pixel whose logit is within rounding of the threshold may differ.
+    """
     if maps.device.type != "cpu":
-        return (F.interpolate(maps[:, None], size, mode="bilinear", align_corners=False)[:, 0] > threshold).cpu().numpy()
+        return (_resize(maps, stages)[:, 0] > threshold).cpu().numpy()
     n, h, w = maps.shape
-    rows = F.interpolate(maps.float().reshape(n * h, 1, w), size[1], mode="linear", align_corners=False)
-    r0, r1, w0, w1 = _linear_taps(h, size[0])
-    out = np.empty((n, *size), dtype=np.bool_)
-    blend_rows_threshold(rows.reshape(n, h, size[1]).numpy(), r0, r1, w0, w1, threshold, out)
+    rows = maps.float().reshape(n * h, 1, w)
+    for size, (_, cw) in stages:
+        rows = F.interpolate(rows, size[1], mode="linear", align_corners=False)[..., :cw]
+    taps, weights = _composed_taps(h, tuple(stages))
+    out = np.empty((n, len(taps), rows.shape[-1]), dtype=np.bool_)
+    blend_rows_threshold(rows.reshape(n, h, -1).contiguous().numpy(), taps, weights, threshold, out)
     return out
+
+
+@functools.lru_cache(maxsize=32)
+def _composed_taps(n_in: int, stages: tuple[Stage, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``stages``' vertical resizes composed: output row ``i`` is
+    ``sum_t weights[i, t] * x[taps[i, t]]``, ``(H, 2 ** len(stages))`` each."""
+    taps, weights = np.arange(n_in)[:, None], np.ones((n_in, 1), np.float32)
+    for size, (ch, _) in stages:
+        r0, r1, w0, w1 = (a[:ch] for a in _linear_taps(len(taps), size[0]))
+        taps = np.concatenate([taps[r0], taps[r1]], axis=1)
+        weights = np.concatenate([weights[r0] * w0[:, None], weights[r1] * w1[:, None]], axis=1)
+    return taps, weights
 
 
 def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, ...]:

@@ -427,7 +427,7 @@ class VideoSession:
             return FrameResult(frame, [], np.zeros((0, h, w), bool), np.zeros((0, *low_hw), np.float32),
                                np.zeros((0,), np.float32))
         low = torch.cat(logits, dim=0)
-        masks = resize_threshold(low[:, 0], (h, w), 0.0)
+        masks = resize_threshold(low[:, 0], [((h, w), (h, w))], 0.0)
         return FrameResult(frame, self.obj_ids, masks, low[:, 0].numpy(), np.asarray(scores, np.float32))
 
     def _object(self, obj_id) -> ObjectTrack:
