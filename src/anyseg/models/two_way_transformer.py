@@ -52,12 +52,13 @@ def tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.
 
 
 def tokens_to_projected_image(attn: Attention, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
-    """``attn(q, k, v)`` for queries ``(B, T, C)`` when the image side is already projected:
-    ``keys`` = ``k W_k + b_k`` and ``values`` = ``v W_v + b_v``, ``(1, N, D)`` each."""
-    b = q.shape[0]
-    qh = attn.split_heads(attn.q_proj(q)).to(keys.dtype)
-    kh, vh = (attn.split_heads(x).expand(b, -1, -1, -1) for x in (keys, values))
-    return attn.out_proj(attn.merge_heads(F.scaled_dot_product_attention(qh, kh, vh)).to(q.dtype))
+    """``attn(q, k, v)`` for queries ``(B, T, C)`` when the image side is already projected
+    per head: ``keys`` = ``k W_k + b_k`` as ``(h, d, N)``, ``values`` = ``v W_v + b_v`` as
+    ``(h, N, d)`` (the layouts the two products read)."""
+    d = keys.shape[1]
+    qh = attn.split_heads(attn.q_proj(q) * d**-0.5).to(keys.dtype)  # (B, h, T, d)
+    out = torch.softmax(qh @ keys, dim=-1) @ values
+    return attn.out_proj(attn.merge_heads(out).to(q.dtype))
 
 
 def image_to_tokens(attn: Attention, q: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor,
@@ -98,8 +99,8 @@ class ImageProjections:
     """What the first block computes from the image side alone: with no mask prompt it is
     the same for every prompt on an image, so it is computed once."""
 
-    keys: torch.Tensor  # token -> image keys, (image + pe) W_k + b_k, (1, N, D)
-    values: torch.Tensor  # token -> image values, image W_v + b_v, (1, N, D)
+    keys: torch.Tensor  # token -> image keys, (image + pe) W_k + b_k, per head (h, d, N)
+    values: torch.Tensor  # token -> image values, image W_v + b_v, per head (h, N, d)
     queries: torch.Tensor  # image -> token queries, (image + pe) W_q + b_q, per head (h, d, N)
 
 
@@ -127,13 +128,15 @@ class TwoWayAttentionBlock(nn.Module):
         def project(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
             return F.linear(x, linear.weight.to(x.dtype), linear.bias.to(x.dtype))
 
+        def heads(x: torch.Tensor, attn: Attention) -> torch.Tensor:  # (1, N, D) -> (h, N, d)
+            return x[0].reshape(x.shape[1], attn.num_heads, -1).transpose(0, 1)
+
         k = keys + key_pe
-        i2t = self.cross_attn_image_to_token
-        queries = project(i2t.q_proj, k)[0].reshape(k.shape[1], i2t.num_heads, -1).permute(1, 2, 0)
+        t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
         return ImageProjections(
-            project(self.cross_attn_token_to_image.k_proj, k),
-            project(self.cross_attn_token_to_image.v_proj, keys),
-            queries.contiguous(),
+            heads(project(t2i.k_proj, k), t2i).transpose(1, 2).contiguous(),
+            heads(project(t2i.v_proj, keys), t2i).contiguous(),
+            heads(project(i2t.q_proj, k), i2t).transpose(1, 2).contiguous(),
         )
 
     def forward(self, queries, keys, query_pe, key_pe, projected: ImageProjections | None = None):
