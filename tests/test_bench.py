@@ -102,7 +102,7 @@ def test_side_by_side_round(samples_dir, tmp_path, monkeypatch):
     precision gets its own rows."""
     monkeypatch.setattr(bench, "official_side", lambda python, source: bench.Side(
         "official", python, ["-m", "anyseg.bench"], source))
-    cfg = bench.Config(models=["sam2.1_hiera_t", "sam9_huge"], measures=["click"], repeat=1, click_iters=2, pause=0,
+    cfg = bench.Config(models=["sam2.1_hiera_t", "sam9_huge"], measures=["click"], repeat=1, click_iters=2, pause=0.05,
                        threads=1, image=str(samples_dir / "images" / "truck.jpg"),
                        official={"sam2": str(tmp_path)}, official_python=bench.OURS.python,
                        precisions=["fp32", "bf16"])
@@ -121,6 +121,7 @@ def test_side_by_side_round(samples_dir, tmp_path, monkeypatch):
     table = md_path.read_text()
     assert "cores; torch" in table and "| sam2.1_hiera_t | click | fp32 |" in table
     assert "| sam2.1_hiera_t | click | bf16 |" in table
+    assert report["settings"]["pause"] == 0.05 and "(0.05 s idle before each)" in table
 
 
 def test_failing_side_is_reported(tmp_path, monkeypatch):
@@ -144,3 +145,11 @@ def test_cli_argument_errors(capsys):
     assert "subset of" in capsys.readouterr().err
     assert main(["bench", "--official-sam2", ".", "--measures", "encode"]) == 2
     assert "--official-python" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--pause", "-1"], ["--repeat", "0"]])
+def test_bench_cli_rejects_bad_settings(argv, tmp_path, capsys):
+    from anyseg.cli import main
+
+    assert main(["bench", "--measures", "click", "--out", str(tmp_path), *argv]) == 2
+    assert "must be" in capsys.readouterr().err
