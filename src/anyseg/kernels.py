@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-_pool: ThreadPoolExecutor | None = None
+_pool: tuple[ThreadPoolExecutor, int] | None = None  # the helper threads and their count
 
 
 @functools.cache
@@ -36,9 +36,9 @@ def _run_split(name: str, n: int, *args) -> None:
     loop = _compiled(name)
     parts = max(1, min(torch.get_num_threads(), n))
     bounds = [n * p // parts for p in range(parts + 1)]
-    if parts > 1 and (_pool is None or _pool._max_workers < parts - 1):
-        _pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="anyseg-kernel")
-    others = [_pool.submit(loop, bounds[p], bounds[p + 1], *args) for p in range(1, parts)]
+    if parts > 1 and (_pool is None or _pool[1] < parts - 1):
+        _pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="anyseg-kernel"), parts - 1
+    others = [_pool[0].submit(loop, bounds[p], bounds[p + 1], *args) for p in range(1, parts)]
     loop(bounds[0], bounds[1], *args)
     for job in others:
         job.result()
