@@ -73,7 +73,7 @@ def mask_product(features: torch.Tensor, hyper: torch.Tensor, h: int, w: int) ->
     convolutions: ``features`` ``(B, 16 h w, C)`` (fp32 or bf16; row ``16 (i w + j) + 4 s1
     + s2`` is pixel ``(4 i + 2 (s1 >> 1) + (s2 >> 1), 4 j + 2 (s1 & 1) + (s2 & 1))``),
     ``hyper`` ``(B, K, C)``: ``(B, K, 4h, 4w)`` float32 logits, written in raster order
-    directly (the same as ``features @ hyper^T`` reordered, at a third of the time)."""
+    directly (the same as ``features @ hyper^T`` reordered, in about half the time)."""
     b, _, c = features.shape
     out = torch.empty(b, hyper.shape[1], 4 * h, 4 * w)
     bits = features.dtype == torch.bfloat16  # numpy has no bf16: its bits, widened in the loop

@@ -67,7 +67,7 @@ class ImagePredictor:
         self.model = model.eval()
         self.precision = check_precision(precision)
         reduced = PRECISIONS[self.precision]
-        # the decoder runs on a copy of its weights in the reduced type, the features are kept in it
+        # prompts are decoded on a copy whose image side is in the reduced type; the features are kept in it
         self._decoder = None if reduced is None else model.mask_decoder.copy_in(reduced)
         self._features_dtype = reduced or model.dtype
         self.transform = transform_for(model)

@@ -29,7 +29,7 @@ from anyseg.models.features import ImageFeatures
 from anyseg.models.sam2_tracking import NO_OBJ_SCORE, Memory, TrackStep
 from anyseg.predictors.precision import autocast, check_precision
 from anyseg.predictors.prompts import check_inside
-from anyseg.predictors.transforms import Sam2Transform, resize_threshold
+from anyseg.predictors.transforms import Sam2Transform
 
 
 @dataclass
@@ -427,8 +427,8 @@ class VideoSession:
             return FrameResult(frame, [], np.zeros((0, h, w), bool), np.zeros((0, *low_hw), np.float32),
                                np.zeros((0,), np.float32))
         low = torch.cat(logits, dim=0)
-        masks = resize_threshold(low[:, 0], [((h, w), (h, w))], 0.0)
-        return FrameResult(frame, self.obj_ids, masks, low[:, 0].numpy(), np.asarray(scores, np.float32))
+        masks = self.transform.binary_masks(low, (h, w), 0.0)
+        return FrameResult(frame, self.obj_ids, masks[:, 0], low[:, 0].numpy(), np.asarray(scores, np.float32))
 
     def _object(self, obj_id) -> ObjectTrack:
         obj = self.objects.get(obj_id)
