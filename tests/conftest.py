@@ -41,3 +41,13 @@ def samples_dir() -> Path:
 def _isolated_home(tmp_path_factory, monkeypatch):
     """Every test gets its own ``ANYSEG_HOME`` so nothing touches ``~/.cache``."""
     monkeypatch.setenv("ANYSEG_HOME", str(tmp_path_factory.mktemp("anyseg_home")))
+
+
+@pytest.fixture
+def split_loops(monkeypatch):
+    """The compiled loops of :mod:`anyseg.kernels` split their range in three parts however
+    small it is (on a real click they run on one thread)."""
+    from anyseg import kernels
+
+    monkeypatch.setattr(kernels, "SPLIT_WORK", 0)
+    monkeypatch.setattr(kernels.torch, "get_num_threads", lambda: 3)

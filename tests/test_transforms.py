@@ -10,8 +10,11 @@ import torch.nn.functional as F
 from anyseg.predictors.transforms import Sam1Transform, Sam2Transform, resize_threshold
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("size", [(1200, 1800), (540, 960), (257, 255), (100, 37), (1, 1)])
-def test_resize_threshold_equals_interpolate_then_compare(size):
+def test_resize_threshold_equals_interpolate_then_compare(size, split, request):
+    if split:
+        request.getfixturevalue("split_loops")
     maps = torch.randn(3, 64, 80, generator=torch.Generator().manual_seed(0))
     for threshold in (0.0, 0.3):
         expected = F.interpolate(maps[:, None], size, mode="bilinear", align_corners=False)[:, 0] > threshold
