@@ -23,6 +23,24 @@ def test_resize_threshold_equals_interpolate_then_compare(size, split, request):
         assert np.array_equal(got, expected.numpy())
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_resize_threshold_skips_background_rows_exactly(split, request):
+    # a mask of background rows around an object: rows whose bound is below, at and just
+    # above the threshold take the skip, and the comparison, paths
+    if split:
+        request.getfixturevalue("split_loops")
+    maps = torch.full((2, 64, 80), -4.0)
+    maps[0, 20:30, 10:50] = torch.linspace(-1, 3, 40)
+    maps[0, 40] = 0.0  # a row exactly at the threshold: all False
+    maps[1, 5:60:7, 33] = 1e-7  # isolated pixels just above it
+    maps[1, 50, 79] = float("nan")
+    for size in [(1200, 1800), (97, 51)]:
+        expected = F.interpolate(maps[:, None], size, mode="bilinear", align_corners=False)[:, 0] > 0
+        got = resize_threshold(maps, [(size, size)], 0.0)
+        assert np.array_equal(got, expected.numpy())
+        assert 0 < got.sum() < got.size
+
+
 @pytest.mark.parametrize("hw", [(480, 640), (640, 480), (1200, 1800)])
 @pytest.mark.parametrize("transform", [Sam1Transform(), Sam2Transform()])
 def test_binary_masks_are_the_thresholded_logits(transform, hw):

@@ -52,19 +52,32 @@ def _run_split(name: str, n: int, work: int, *args) -> None:
         job.result()
 
 
-def blend_rows_threshold(rows: np.ndarray, taps: np.ndarray, weights: np.ndarray, threshold: float,
-                         out: np.ndarray) -> None:
+def blend_rows_threshold(rows: np.ndarray, peaks: np.ndarray, taps: np.ndarray, weights: np.ndarray,
+                         threshold: float, out: np.ndarray) -> None:
     """``out[k, i] = sum_t rows[k, taps[i, t]] * weights[i, t] > threshold`` (summed in
-    order of t) for ``rows`` ``(K, h, W)`` float32, ``taps`` / ``weights`` ``(H, T)`` and
-    ``out`` ``(K, H, W)`` bool."""
-    _run_split("blend_rows_threshold", out.shape[1], out.size * taps.shape[1], rows, taps, weights,
+    order of t) for ``rows`` ``(K, h, W)`` float32 with their maxima ``peaks`` ``(K, h)``,
+    ``taps`` / ``weights`` ``(H, T)`` (weights non-negative) and ``out`` ``(K, H, W)`` bool.
+
+    An output row is written all False without visiting its pixels when the same weighted
+    sum of its rows' maxima is not above the threshold: rounding is monotonic, so that sum
+    bounds every pixel of the row exactly (most rows of a mask are background).
+    """
+    _run_split("blend_rows_threshold", out.shape[1], out.size * taps.shape[1], rows, peaks, taps, weights,
                np.float32(threshold), out)
 
 
-def _blend_rows_threshold(start, stop, rows, taps, weights, threshold, out):
+def _blend_rows_threshold(start, stop, rows, peaks, taps, weights, threshold, out):
     acc = np.empty(rows.shape[2], np.float32)
     for i in range(start, stop):
         for k in range(rows.shape[0]):
+            o = out[k, i]
+            bound = peaks[k, taps[i, 0]] * weights[i, 0]
+            for t in range(1, taps.shape[1]):
+                bound += peaks[k, taps[i, t]] * weights[i, t]
+            if bound <= threshold:
+                for j in range(o.shape[0]):
+                    o[j] = False
+                continue
             first, u = rows[k, taps[i, 0]], weights[i, 0]
             for j in range(acc.shape[0]):
                 acc[j] = first[j] * u
@@ -72,7 +85,6 @@ def _blend_rows_threshold(start, stop, rows, taps, weights, threshold, out):
                 row, u = rows[k, taps[i, t]], weights[i, t]
                 for j in range(acc.shape[0]):
                     acc[j] += row[j] * u
-            o = out[k, i]
             for j in range(acc.shape[0]):
                 o[j] = acc[j] > threshold
 

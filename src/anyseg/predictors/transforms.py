@@ -76,8 +76,10 @@ def resize_threshold(maps: torch.Tensor, stages: list[Stage], threshold: float) 
     Bilinear resizing is separable, so the rows are first resized along x through every
     stage by torch (on the h low-res rows only); each output row is then a weighted sum of
     at most ``2 ** len(stages)`` of those rows, which one compiled loop adds up and compares,
-    writing only the booleans (no float map at the image size). The values equal torch's up
-    to float rounding: a pixel whose logit is within rounding of the threshold may differ.
+    writing only the booleans (no float map at the image size) and skipping the output rows
+    that cannot reach the threshold (:func:`~anyseg.kernels.blend_rows_threshold`). The
+    values equal torch's up to float rounding: a pixel whose logit is within rounding of
+    the threshold may differ.
     """
     if maps.device.type != "cpu":
         return (_resize(maps, stages)[:, 0] > threshold).cpu().numpy()
@@ -87,7 +89,8 @@ def resize_threshold(maps: torch.Tensor, stages: list[Stage], threshold: float) 
         rows = F.interpolate(rows, size[1], mode="linear", align_corners=False)[..., :cw]
     taps, weights = _composed_taps(h, tuple(stages))
     out = np.empty((n, len(taps), rows.shape[-1]), dtype=np.bool_)
-    blend_rows_threshold(rows.reshape(n, h, -1).contiguous().numpy(), taps, weights, threshold, out)
+    rows = rows.reshape(n, h, -1).contiguous()
+    blend_rows_threshold(rows.numpy(), rows.amax(dim=-1).numpy(), taps, weights, threshold, out)
     return out
 
 
