@@ -108,3 +108,20 @@ def test_reduced_precision_copy():
     assert out.masks.dtype == torch.float32 and out.iou.dtype == torch.float32  # masks: see mask_product
     torch.testing.assert_close(out.iou, ref.iou, atol=0.02, rtol=0)
     assert ((out.masks.float() > 0) == (ref.masks > 0)).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@torch.inference_mode()
+def test_forward_makes_only_the_masks_it_keeps(dynamic):
+    torch.manual_seed(0)
+    dec = MaskDecoder(MaskDecoderConfig(dim=32, use_high_res_features=True, dynamic_multimask_via_stability=dynamic)).eval()
+    dec.load_state_dict(decoder().state_dict())
+    embed, pe, sparse, no_mask, high_res = prompt_inputs(dec)
+    every = dec.predict_all(embed, pe, sparse, no_mask, high_res)
+    assert every.masks.shape[1] == 4
+    multi = dec(embed, pe, sparse, no_mask, True, high_res)
+    torch.testing.assert_close(multi.masks, every.masks[:, 1:])
+    torch.testing.assert_close(multi.iou, every.iou[:, 1:])
+    single = dec(embed, pe, sparse, no_mask, False, high_res)
+    expected = dec._dynamic_single_mask(every.masks, every.iou)[0] if dynamic else every.masks[:, :1]
+    torch.testing.assert_close(single.masks, expected)

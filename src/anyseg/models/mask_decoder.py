@@ -35,8 +35,9 @@ class MaskDecoderConfig:
 
 @dataclass
 class DecoderOutput:
-    """``masks`` ``(B, K, 4h, 4w)`` logits, ``iou`` ``(B, K)``, ``tokens`` ``(B, K', C)``
-    (the mask tokens the object pointer is made from), ``object_score`` ``(B, 1)`` logits."""
+    """``masks`` ``(B, M, 4h, 4w)`` logits (of the M mask tokens asked for), ``iou``
+    ``(B, K)``, ``tokens`` ``(B, K', C)`` (the mask tokens the object pointer is made from),
+    ``object_score`` ``(B, 1)`` logits."""
 
     masks: torch.Tensor
     iou: torch.Tensor
@@ -166,6 +167,7 @@ class MaskDecoder(nn.Module):
         dense: torch.Tensor,
         high_res_features: list[torch.Tensor] | None = None,
         image_offset: torch.Tensor | None = None,
+        masks_of: slice = slice(None),
     ) -> DecoderOutput:
         """Every mask token's output, before the multimask choice.
 
@@ -173,6 +175,8 @@ class MaskDecoder(nn.Module):
         ``(1, C, h, w)``, ``sparse`` ``(B, N, C)``, ``dense`` ``(B, C, h, w)``,
         ``high_res_features`` ``[(1 or B, C/8, 4h, 4w), (1 or B, C/4, 2h, 2w)]``,
         ``image_offset`` ``(C,)`` added to the embedding first (SAM 2's ``no_mem_embed``).
+        ``masks_of``: the mask tokens whose masks are made (all by default; the scores and
+        tokens are every token's).
         """
         sparse = sparse.to(self.iou_token.weight.dtype)  # the token side's type (see copy_in)
         b = sparse.shape[0]
@@ -190,9 +194,8 @@ class MaskDecoder(nn.Module):
         mask_tokens_out = hs[:, first + 1 : first + 1 + self.num_mask_tokens, :]
 
         up = self._upscale(src, high_res_features)  # (B, 16 h w, C/8), in blocks
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )
+        wanted = range(self.num_mask_tokens)[masks_of]
+        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in wanted], dim=1)
         if up.device.type == "cpu" and not torch.is_grad_enabled():
             masks = mask_product(up, hyper_in, h, w)  # fp32, in raster order
         else:
@@ -283,14 +286,23 @@ class MaskDecoder(nn.Module):
         self._image_of.clear()
         super()._load_from_state_dict(*args, **kwargs)
 
-    def select(self, out: DecoderOutput, multimask: bool) -> DecoderOutput:
-        """Keep the three multimask outputs, or one mask (token 0, or the dynamic choice)."""
+    def _masks_of(self, multimask: bool) -> slice:
+        """The mask tokens whose masks :meth:`select` keeps or chooses from."""
         if multimask:
-            masks, iou = out.masks[:, 1:], out.iou[:, 1:]
+            return slice(1, None)
+        if self.cfg.dynamic_multimask_via_stability and not self.training:
+            return slice(None)
+        return slice(0, 1)
+
+    def select(self, out: DecoderOutput, multimask: bool) -> DecoderOutput:
+        """Keep the three multimask outputs, or one mask (token 0, or the dynamic choice),
+        from :meth:`predict_all`'s output made with ``masks_of=self._masks_of(multimask)``."""
+        if multimask:
+            masks, iou = out.masks, out.iou[:, 1:]
         elif self.cfg.dynamic_multimask_via_stability and not self.training:
             masks, iou = self._dynamic_single_mask(out.masks, out.iou)
         else:
-            masks, iou = out.masks[:, 0:1], out.iou[:, 0:1]
+            masks, iou = out.masks, out.iou[:, 0:1]
         if multimask and self.cfg.use_multimask_token_for_obj_ptr:
             tokens = out.tokens[:, 1:]
         else:
@@ -299,8 +311,9 @@ class MaskDecoder(nn.Module):
 
     def forward(self, image_embed, image_pe, sparse, dense, multimask: bool, high_res_features=None,
                 image_offset=None) -> DecoderOutput:
-        """:meth:`predict_all` then :meth:`select`."""
-        out = self.predict_all(image_embed, image_pe, sparse, dense, high_res_features, image_offset)
+        """:meth:`predict_all` (making only the masks that will be kept) then :meth:`select`."""
+        out = self.predict_all(image_embed, image_pe, sparse, dense, high_res_features, image_offset,
+                               self._masks_of(multimask))
         return self.select(out, multimask)
 
     def _dynamic_single_mask(self, masks: torch.Tensor, iou: torch.Tensor):
