@@ -114,7 +114,8 @@ def test_reduced_precision_copy():
 @torch.inference_mode()
 def test_forward_makes_only_the_masks_it_keeps(dynamic):
     torch.manual_seed(0)
-    dec = MaskDecoder(MaskDecoderConfig(dim=32, use_high_res_features=True, dynamic_multimask_via_stability=dynamic)).eval()
+    cfg = MaskDecoderConfig(dim=32, use_high_res_features=True, dynamic_multimask_via_stability=dynamic)
+    dec = MaskDecoder(cfg).eval()
     dec.load_state_dict(decoder().state_dict())
     embed, pe, sparse, no_mask, high_res = prompt_inputs(dec)
     every = dec.predict_all(embed, pe, sparse, no_mask, high_res)

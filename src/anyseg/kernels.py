@@ -21,8 +21,8 @@ import torch
 _pool: tuple[ThreadPoolExecutor, int] | None = None  # the helper threads and their count
 SPLIT_WORK = 1 << 25
 """Multiply-adds from which a loop is split across threads. Measured on 2 cores: a click's
-mask product (4 masks, 2^23) and resize (3 masks of 1800 x 1200, up to 2^24.6) ran faster
-on one thread; 12 such masks' resize (2^25.6) and 16 prompts' mask product (2^27) ran
+mask product (4 masks, 2^23; a multimask click now makes 3) and resize (3 masks of
+1800 x 1200, up to 2^24.6) ran faster on one thread; 12 such masks' resize (2^25.6) and 16 prompts' mask product (2^27) ran
 1.2-1.4x faster on two, 64 prompts' product (2^29) 1.7x."""
 
 

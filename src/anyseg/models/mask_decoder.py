@@ -287,14 +287,14 @@ class MaskDecoder(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
     def _masks_of(self, multimask: bool) -> slice:
-        """The mask tokens whose masks :meth:`select` keeps or chooses from."""
+        """The mask tokens whose masks :meth:`_select` keeps or chooses from."""
         if multimask:
             return slice(1, None)
         if self.cfg.dynamic_multimask_via_stability and not self.training:
             return slice(None)
         return slice(0, 1)
 
-    def select(self, out: DecoderOutput, multimask: bool) -> DecoderOutput:
+    def _select(self, out: DecoderOutput, multimask: bool) -> DecoderOutput:
         """Keep the three multimask outputs, or one mask (token 0, or the dynamic choice),
         from :meth:`predict_all`'s output made with ``masks_of=self._masks_of(multimask)``."""
         if multimask:
@@ -311,10 +311,10 @@ class MaskDecoder(nn.Module):
 
     def forward(self, image_embed, image_pe, sparse, dense, multimask: bool, high_res_features=None,
                 image_offset=None) -> DecoderOutput:
-        """:meth:`predict_all` (making only the masks that will be kept) then :meth:`select`."""
+        """:meth:`predict_all` (making only the masks that will be kept) then :meth:`_select`."""
         out = self.predict_all(image_embed, image_pe, sparse, dense, high_res_features, image_offset,
                                self._masks_of(multimask))
-        return self.select(out, multimask)
+        return self._select(out, multimask)
 
     def _dynamic_single_mask(self, masks: torch.Tensor, iou: torch.Tensor):
         cfg = self.cfg
