@@ -67,26 +67,34 @@ def blend_rows_threshold(rows: np.ndarray, peaks: np.ndarray, taps: np.ndarray, 
 
 
 def _blend_rows_threshold(start, stop, rows, peaks, taps, weights, threshold, out):
-    acc = np.empty(rows.shape[2], np.float32)
+    n_taps = taps.shape[1]
     for i in range(start, stop):
         for k in range(rows.shape[0]):
             o = out[k, i]
             bound = peaks[k, taps[i, 0]] * weights[i, 0]
-            for t in range(1, taps.shape[1]):
+            for t in range(1, n_taps):
                 bound += peaks[k, taps[i, t]] * weights[i, t]
             if bound <= threshold:
-                for j in range(o.shape[0]):
-                    o[j] = False
+                o[:] = False
                 continue
-            first, u = rows[k, taps[i, 0]], weights[i, 0]
-            for j in range(acc.shape[0]):
-                acc[j] = first[j] * u
-            for t in range(1, taps.shape[1]):
-                row, u = rows[k, taps[i, t]], weights[i, t]
-                for j in range(acc.shape[0]):
-                    acc[j] += row[j] * u
-            for j in range(acc.shape[0]):
-                o[j] = acc[j] > threshold
+            # one pass per row: the sums of one or two stages' taps spelled out (in order)
+            a, u = rows[k, taps[i, 0]], weights[i, 0]
+            if n_taps == 2:
+                b, v = rows[k, taps[i, 1]], weights[i, 1]
+                for j in range(o.shape[0]):
+                    o[j] = a[j] * u + b[j] * v > threshold
+            elif n_taps == 4:
+                b, v = rows[k, taps[i, 1]], weights[i, 1]
+                c, x = rows[k, taps[i, 2]], weights[i, 2]
+                d, y = rows[k, taps[i, 3]], weights[i, 3]
+                for j in range(o.shape[0]):
+                    o[j] = a[j] * u + b[j] * v + c[j] * x + d[j] * y > threshold
+            else:
+                for j in range(o.shape[0]):
+                    acc = a[j] * u
+                    for t in range(1, n_taps):
+                        acc += rows[k, taps[i, t], j] * weights[i, t]
+                    o[j] = acc > threshold
 
 
 def mask_product(features: torch.Tensor, hyper: torch.Tensor, h: int, w: int) -> torch.Tensor:
