@@ -85,6 +85,24 @@ def test_kept_first_layer_projections_change_nothing():
     assert dec._image_of.reused
 
 
+@pytest.mark.parametrize("wanted", [slice(None), slice(1, None), slice(0, 1)])
+def test_batched_hypernetworks_equal_each_mlp_and_follow_weight_changes(wanted):
+    dec = decoder()
+    tokens = torch.randn(2, 4, 32)
+
+    def each():
+        mlps = dec.output_hypernetworks_mlps
+        return torch.stack([mlps[i](tokens[:, i]) for i in range(4)[wanted]], dim=1)
+
+    with torch.no_grad():
+        torch.testing.assert_close(dec._hypernetworks(tokens, wanted), each())
+        dec.output_hypernetworks_mlps[2].layers[1].weight.mul_(-2)  # in place: a new version
+        torch.testing.assert_close(dec._hypernetworks(tokens, wanted), each())
+    with torch.enable_grad():  # training: the MLPs themselves, gradients flow to them
+        dec._hypernetworks(tokens, wanted).sum().backward()
+    assert dec.output_hypernetworks_mlps[range(4)[wanted][-1]].layers[0].weight.grad is not None
+
+
 @torch.inference_mode()
 def test_kept_image_side_is_dropped_with_new_weights():
     dec = decoder()

@@ -84,9 +84,11 @@ def _from_blocks(x: torch.Tensor, h: int, w: int, levels: int) -> torch.Tensor:
 
 class LastResult:
     """The result of a function of some tensors, kept for the next call on the same tensors
-    (the same memory, shape and strides; references to them are held, so that memory is not
-    reused; they are never modified in place). Several prompts on one image reuse the
-    image-side work this way. Nothing is kept while gradients are recorded."""
+    (the same memory, shape, strides and version: references to them are held, so that
+    memory is not reused, and an in-place change makes a new version; inference tensors
+    have none, and are never changed in place here). Several prompts on
+    one image reuse the image-side work this way. Nothing is kept while gradients are
+    recorded."""
 
     def __init__(self) -> None:
         self.clear()
@@ -96,7 +98,7 @@ class LastResult:
         self.reused = False  # whether the last get() returned the kept result
 
     def get(self, inputs: tuple[torch.Tensor, ...], compute):
-        key = [(t.data_ptr(), t.shape, t.stride()) for t in inputs]
+        key = [(t.data_ptr(), t.shape, t.stride(), None if t.is_inference() else t._version) for t in inputs]
         self.reused = self._key == key
         if self.reused:
             return self._value
@@ -129,6 +131,7 @@ class MaskDecoder(nn.Module):
         self.cfg = cfg
         self._skips_of = LastResult()  # see _skips
         self._image_of = LastResult()  # see _image_side
+        self._stacked_of = LastResult()  # see _hypernetworks
         dim = cfg.dim
         self.transformer = TwoWayTransformer(depth=2, dim=dim, num_heads=8, mlp_dim=2048, lin_mlp=cfg.lin_mlp)
         self.num_mask_tokens = cfg.num_multimask_outputs + 1
@@ -194,8 +197,7 @@ class MaskDecoder(nn.Module):
         mask_tokens_out = hs[:, first + 1 : first + 1 + self.num_mask_tokens, :]
 
         up = self._upscale(src, high_res_features)  # (B, 16 h w, C/8), in blocks
-        wanted = range(self.num_mask_tokens)[masks_of]
-        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in wanted], dim=1)
+        hyper_in = self._hypernetworks(mask_tokens_out, masks_of)
         if up.device.type == "cpu" and not torch.is_grad_enabled():
             masks = mask_product(up, hyper_in, h, w)  # fp32, in raster order
         else:
@@ -223,6 +225,28 @@ class MaskDecoder(nn.Module):
         x = act1(F.layer_norm(x, x.shape[-1:], ln1.weight, ln1.bias, ln1.eps))
         x = torch.baddbmm(add2, x, _deconv_weight(dc2).expand(b, -1, -1)).reshape(b, 16 * n, -1)
         return act2(x) if torch.is_grad_enabled() else torch.ops.aten.gelu_(x)  # in place: no 8 MB buffer
+
+    def _hypernetworks(self, tokens: torch.Tensor, wanted: slice) -> torch.Tensor:
+        """The hypernetwork MLPs of the ``wanted`` mask tokens on their outputs ``tokens``
+        ``(B, K, C)``: ``(B, K', C/8)``. Without gradients, as one batched product per layer
+        over the tokens (the K MLPs' weights stacked once and kept, :class:`LastResult`)."""
+        mlps = self.output_hypernetworks_mlps
+        if torch.is_grad_enabled():
+            return torch.stack([mlps[i](tokens[:, i, :]) for i in range(len(mlps))[wanted]], dim=1)
+        params = [p for mlp in mlps for p in mlp.parameters()]
+
+        def stack():  # per layer: weights (K, in, out), biases (K, 1, out)
+            return [(torch.stack([mlp.layers[i].weight.t() for mlp in mlps]).contiguous(),
+                     torch.stack([mlp.layers[i].bias for mlp in mlps])[:, None])
+                    for i in range(len(mlps[0].layers))]
+
+        x = tokens[:, wanted].transpose(0, 1)  # (K', B, C)
+        layers = self._stacked_of.get(params, stack)
+        for i, (weight, bias) in enumerate(layers):
+            x = torch.baddbmm(bias[wanted], x, weight[wanted])
+            if i < len(layers) - 1:
+                x = mlps[0].act(x)
+        return x.transpose(0, 1)
 
     def _image_side(self, image_embed, image_pe, dense, offset) -> ImageSide:
         """The image tokens (``image_embed + offset + dense``) and their position encoding.
@@ -284,6 +308,7 @@ class MaskDecoder(nn.Module):
         # the kept results were computed with the old weights
         self._skips_of.clear()
         self._image_of.clear()
+        self._stacked_of.clear()
         super()._load_from_state_dict(*args, **kwargs)
 
     def _masks_of(self, multimask: bool) -> slice:
