@@ -43,11 +43,15 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ANYSEG_HOME", str(tmp_path_factory.mktemp("anyseg_home")))
 
 
-@pytest.fixture
-def split_loops(monkeypatch):
-    """The compiled loops of :mod:`anyseg.kernels` split their range in three parts however
-    small it is (on a real click they run on one thread)."""
+@pytest.fixture(params=["serial", "team of 3"])
+def loop_threads(request, monkeypatch):
+    """The compiled loops of :mod:`anyseg.kernels` on this thread alone, or split in three
+    parts on torch's OpenMP team (on a real click: two parts, where the team is found)."""
     from anyseg import kernels
 
-    monkeypatch.setattr(kernels, "SPLIT_WORK", 0)
-    monkeypatch.setattr(kernels.torch, "get_num_threads", lambda: 3)
+    if request.param == "serial":
+        monkeypatch.setattr(kernels, "_team", lambda: None)
+    else:
+        assert kernels._team() is not None, "torch's OpenMP team is not found"
+        monkeypatch.setattr(kernels.torch, "get_num_threads", lambda: 3)
+    return request.param

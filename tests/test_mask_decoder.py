@@ -36,11 +36,8 @@ def test_blocked_upscale_matches_the_layer_stack():
     torch.testing.assert_close(_from_blocks(masks, h, w, levels=2), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_compiled_mask_product_matches_product_then_reorder(dtype, split, request):
-    if split:
-        request.getfixturevalue("split_loops")
+def test_compiled_mask_product_matches_product_then_reorder(dtype, loop_threads):
     g = torch.Generator().manual_seed(0)
     b, h, w, c = 2, 5, 3, 8
     feats = torch.randn(b, 16 * h * w, c, generator=g).to(dtype)

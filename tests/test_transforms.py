@@ -10,11 +10,8 @@ import torch.nn.functional as F
 from anyseg.predictors.transforms import Sam1Transform, Sam2Transform, resize_threshold
 
 
-@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("size", [(1200, 1800), (540, 960), (257, 255), (100, 37), (1, 1)])
-def test_resize_threshold_equals_interpolate_then_compare(size, split, request):
-    if split:
-        request.getfixturevalue("split_loops")
+def test_resize_threshold_equals_interpolate_then_compare(size, loop_threads):
     maps = torch.randn(3, 64, 80, generator=torch.Generator().manual_seed(0))
     for threshold in (0.0, 0.3):
         expected = F.interpolate(maps[:, None], size, mode="bilinear", align_corners=False)[:, 0] > threshold
@@ -23,12 +20,9 @@ def test_resize_threshold_equals_interpolate_then_compare(size, split, request):
         assert np.array_equal(got, expected.numpy())
 
 
-@pytest.mark.parametrize("split", [False, True])
-def test_resize_threshold_skips_background_rows_exactly(split, request):
+def test_resize_threshold_skips_background_rows_exactly(loop_threads):
     # a mask of background rows around an object: rows whose bound is below, at and just
     # above the threshold take the skip, and the comparison, paths
-    if split:
-        request.getfixturevalue("split_loops")
     maps = torch.full((2, 64, 80), -4.0)
     maps[0, 20:30, 10:50] = torch.linspace(-1, 3, 40)
     maps[0, 40] = 0.0  # a row exactly at the threshold: all False

@@ -1,0 +1,136 @@
+"""The compiled loops of :mod:`anyseg.kernels` (see there), and the entries through which
+torch's OpenMP team runs them: C functions ``void(void *descriptor)`` that every thread of
+a ``GOMP_parallel`` call runs, each claiming parts of a loop's range ``[0, n)`` (by an
+atomic counter) and running ``loop(start, stop, *args)`` on them until none is left.
+
+A descriptor is 64 int64 words, as :func:`anyseg.kernels._run` writes them: ``n``,
+the number of parts, the address of the parts counter, then the loop's arguments in order
+(an array's address and shape, or an int). Imported, and compiled or read from numba's
+cache, on the first loop's run: the loops and their entries share this file, as numba's
+cache follows the changes of a function's own file only.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+_OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+
+@numba.njit(**_OPTIONS)
+def blend_rows_threshold(start, stop, rows, peaks, taps, weights, threshold, out):
+    n_taps = taps.shape[1]
+    for i in range(start, stop):
+        for k in range(rows.shape[0]):
+            o = out[k, i]
+            bound = peaks[k, taps[i, 0]] * weights[i, 0]
+            for t in range(1, n_taps):
+                bound += peaks[k, taps[i, t]] * weights[i, t]
+            if bound <= threshold:
+                o[:] = False
+                continue
+            # one pass per row: the sums of one or two stages' taps spelled out (in order)
+            a, u = rows[k, taps[i, 0]], weights[i, 0]
+            if n_taps == 2:
+                b, v = rows[k, taps[i, 1]], weights[i, 1]
+                for j in range(o.shape[0]):
+                    o[j] = a[j] * u + b[j] * v > threshold
+            elif n_taps == 4:
+                b, v = rows[k, taps[i, 1]], weights[i, 1]
+                c, x = rows[k, taps[i, 2]], weights[i, 2]
+                d, y = rows[k, taps[i, 3]], weights[i, 3]
+                for j in range(o.shape[0]):
+                    o[j] = a[j] * u + b[j] * v + c[j] * x + d[j] * y > threshold
+            else:
+                for j in range(o.shape[0]):
+                    acc = a[j] * u
+                    for t in range(1, n_taps):
+                        acc += rows[k, taps[i, t], j] * weights[i, t]
+                    o[j] = acc > threshold
+
+
+# the 32-term dot products may be summed in any order
+@numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
+def mask_product(start, stop, words, bf16, hyper, h, w, out):
+    c = hyper.shape[2]
+    wide = np.empty(c, np.uint32)
+    row = wide.view(np.float32)
+    for bi in range(start, stop):  # (mask batch, row of the h x w grid)
+        b, i = bi // h, bi % h
+        for j in range(w):
+            base = (i * w + j) * 16
+            for s in range(16):
+                if bf16:
+                    for ch in range(c):
+                        wide[ch] = np.uint32(words[b, base + s, ch]) << 16
+                else:  # little-endian float32: low word first
+                    for ch in range(c):
+                        wide[ch] = np.uint32(words[b, base + s, 2 * ch]) | np.uint32(words[b, base + s, 2 * ch + 1]) << 16
+                y = 4 * i + 2 * (s >> 3) + ((s >> 1) & 1)
+                x = 4 * j + 2 * ((s >> 2) & 1) + (s & 1)
+                for m in range(hyper.shape[1]):
+                    acc = np.float32(0)
+                    for ch in range(c):
+                        acc += row[ch] * hyper[b, m, ch]
+                    out[b, m, y, x] = acc
+
+
+@intrinsic
+def _pointer(typingctx, address):
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
+
+    return types.voidptr(types.int64), codegen
+
+
+@intrinsic
+def _claim(typingctx, address):
+    """Atomically add one to the int64 at ``address``; its value before."""
+
+    def codegen(context, builder, signature, args):
+        counter = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.atomic_rmw("add", counter, ir.Constant(ir.IntType(64), 1), "monotonic")
+
+    return types.int64(types.int64), codegen
+
+
+@numba.njit(inline="always")
+def _next_part(d):
+    """The next unclaimed part of the range ``[0, d[0])`` as ``(start, stop)`` (no part is
+    empty); ``(n, n)`` when none is left."""
+    n, parts = d[0], d[1]
+    part = _claim(d[2])
+    if part >= parts:
+        return n, n
+    return n * part // parts, n * (part + 1) // parts
+
+
+@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
+def blend_rows_threshold_team(data):
+    d = numba.carray(data, (64,), np.int64)
+    rows = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.float32)
+    peaks = numba.carray(_pointer(d[7]), (d[8], d[9]), np.float32)
+    taps = numba.carray(_pointer(d[10]), (d[11], d[12]), np.int64)
+    weights = numba.carray(_pointer(d[13]), (d[14], d[15]), np.float32)
+    threshold = numba.carray(_pointer(d[16]), (d[17],), np.float32)[0]
+    out = numba.carray(_pointer(d[18]), (d[19], d[20], d[21]), np.bool_)
+    start, stop = _next_part(d)
+    while start < stop:
+        blend_rows_threshold(start, stop, rows, peaks, taps, weights, threshold, out)
+        start, stop = _next_part(d)
+
+
+@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
+def mask_product_team(data):
+    d = numba.carray(data, (64,), np.int64)
+    words = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.uint16)
+    hyper = numba.carray(_pointer(d[8]), (d[9], d[10], d[11]), np.float32)
+    out = numba.carray(_pointer(d[14]), (d[15], d[16], d[17], d[18]), np.float32)
+    start, stop = _next_part(d)
+    while start < stop:
+        mask_product(start, stop, words, d[7] != 0, hyper, d[12], d[13], out)
+        start, stop = _next_part(d)
