@@ -4,6 +4,7 @@ sparse and dense embeddings for the mask decoder."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from anyseg.models.common import LayerNorm2d
@@ -65,11 +66,10 @@ class PromptEncoder(nn.Module):
         """``coords`` ``(B, N, 2)`` pixel (x, y) of the model input, ``labels`` ``(B, N)``
         -> ``(B, N, embed_dim)``."""
         emb = self.pe_layer.forward_with_coords(coords + 0.5, self.input_size)  # pixel centres
-        labels = labels.unsqueeze(-1)
-        emb = torch.where(labels == LABEL_PAD, torch.zeros_like(emb) + self.not_a_point_embed.weight, emb)
-        for label, table in enumerate(self.point_embeddings):
-            emb = torch.where(labels == label, emb + table.weight, emb)
-        return emb
+        # a padding point is its embedding alone, any other point its position + its label's
+        table = torch.cat([self.not_a_point_embed.weight, *(t.weight for t in self.point_embeddings)])
+        is_point = (labels != LABEL_PAD).unsqueeze(-1).to(emb.dtype)
+        return emb * is_point + F.embedding(labels.long() - LABEL_PAD, table)
 
     def embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
         """``(B, 1, 4h, 4w)`` mask logits -> ``(B, embed_dim, h, w)``."""
