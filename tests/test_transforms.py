@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anyseg.predictors.transforms import Sam1Transform, Sam2Transform, resize_threshold
+from anyseg.predictors.transforms import Sam1Transform, Sam2Transform, _resize_kept, resize_threshold
 
 
 @pytest.mark.parametrize("size", [(1200, 1800), (540, 960), (257, 255), (100, 37), (1, 1)])
@@ -45,3 +45,11 @@ def test_binary_masks_are_the_thresholded_logits(transform, hw):
     expected = transform.masks(logits, hw).numpy()
     differ = got != (expected > 0)
     assert differ.sum() <= 2 and np.abs(expected[differ]).max(initial=0) < 1e-5
+
+
+@pytest.mark.parametrize("n, n_out", [(256, 1024), (64, 192), (7, 7), (10, 25)])
+def test_resize_of_the_kept_width_equals_resize_then_crop(n, n_out):
+    rows = torch.randn(5, 1, n, generator=torch.Generator().manual_seed(2))
+    for keep in {1, 2, 3, n_out // 3, 2 * n_out // 3 + 1, n_out - 1, n_out}:
+        expected = F.interpolate(rows, n_out, mode="linear", align_corners=False)[..., :keep]
+        assert torch.equal(_resize_kept(rows, n_out, keep), expected)

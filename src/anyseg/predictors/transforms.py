@@ -86,12 +86,26 @@ def resize_threshold(maps: torch.Tensor, stages: list[Stage], threshold: float) 
     n, h, w = maps.shape
     rows = maps.float().reshape(n * h, 1, w)
     for size, (_, cw) in stages:
-        rows = F.interpolate(rows, size[1], mode="linear", align_corners=False)[..., :cw]
+        rows = _resize_kept(rows, size[1], cw)
     taps, weights = _composed_taps(h, tuple(stages))
     out = np.empty((n, len(taps), rows.shape[-1]), dtype=np.bool_)
     rows = rows.reshape(n, h, -1).contiguous()
     blend_rows_threshold(rows.numpy(), rows.amax(dim=-1).numpy(), taps, weights, threshold, out)
     return out
+
+
+def _resize_kept(rows: torch.Tensor, n_out: int, keep: int) -> torch.Tensor:
+    """``F.interpolate(rows, n_out, mode="linear")[..., :keep]`` for ``rows`` ``(N, 1, n)``,
+    computing only what is kept when ``n_out`` is a multiple ``f n``: the first ``keep``
+    outputs are then those of the first ``ceil(keep / f) + 1`` samples resized by the same
+    factor (the same source positions and weights, so the same values). SAM's resize to
+    1024 keeps as little as two thirds of its width."""
+    n = rows.shape[-1]
+    if n_out % n == 0:
+        factor = n_out // n
+        m = min(n, -(-keep // factor) + 1)
+        rows, n_out = rows[..., :m], m * factor
+    return F.interpolate(rows, n_out, mode="linear", align_corners=False)[..., :keep]
 
 
 @functools.lru_cache(maxsize=32)
