@@ -132,6 +132,7 @@ class MaskDecoder(nn.Module):
         self._skips_of = LastResult()  # see _skips
         self._image_of = LastResult()  # see _image_side
         self._stacked_of = LastResult()  # see _hypernetworks
+        self._deconv_of = LastResult()  # see _upscale
         dim = cfg.dim
         self.transformer = TwoWayTransformer(depth=2, dim=dim, num_heads=8, mlp_dim=2048, lin_mlp=cfg.lin_mlp)
         self.num_mask_tokens = cfg.num_multimask_outputs + 1
@@ -223,9 +224,10 @@ class MaskDecoder(nn.Module):
         add1, add2 = self._skips(high_res_features)
         # without gradients the GELUs run in place: no new 2 MB / 8 MB buffers
         gelu1, gelu2 = (act1, act2) if torch.is_grad_enabled() else (torch.ops.aten.gelu_,) * 2
-        x = torch.baddbmm(add1, x, _deconv_weight(dc1).expand(b, -1, -1)).reshape(b, 4 * n, -1)
+        w1, w2 = self._deconv_of.get((dc1.weight, dc2.weight), lambda: (_deconv_weight(dc1), _deconv_weight(dc2)))
+        x = torch.baddbmm(add1, x, w1.expand(b, -1, -1)).reshape(b, 4 * n, -1)
         x = gelu1(F.layer_norm(x, x.shape[-1:], ln1.weight, ln1.bias, ln1.eps))
-        x = torch.baddbmm(add2, x, _deconv_weight(dc2).expand(b, -1, -1)).reshape(b, 16 * n, -1)
+        x = torch.baddbmm(add2, x, w2.expand(b, -1, -1)).reshape(b, 16 * n, -1)
         return gelu2(x)
 
     def _hypernetworks(self, tokens: torch.Tensor, wanted: slice) -> torch.Tensor:
@@ -311,6 +313,7 @@ class MaskDecoder(nn.Module):
         self._skips_of.clear()
         self._image_of.clear()
         self._stacked_of.clear()
+        self._deconv_of.clear()
         super()._load_from_state_dict(*args, **kwargs)
 
     def _masks_of(self, multimask: bool) -> slice:

@@ -72,7 +72,8 @@ def tokens_to_projected_image(attn: Attention, q: torch.Tensor, keys: torch.Tens
 
 
 def image_to_tokens(attn: Attention, q: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor,
-                    residual: torch.Tensor, q_projected: torch.Tensor | None = None) -> torch.Tensor:
+                    residual: torch.Tensor, q_projected: torch.Tensor | None = None,
+                    in_place: bool = False) -> torch.Tensor:
     """``residual + attn(q, k, v)`` for many queries ``(B, N, C)`` and few keys/values
     ``(B, T, C)``; ``residual`` ``(B, N, C)``.
 
@@ -80,7 +81,8 @@ def image_to_tokens(attn: Attention, q: torch.Tensor | None, k: torch.Tensor, v:
     output projection into the values (``v_h W_o^T``), so the N image positions meet only
     ``h * T`` vectors on each side. Each head's attention rows sum to one, so the output
     bias is folded into the values too (``b_o / h`` per head) and the product accumulates
-    straight into the residual. ``q_projected``: the queries ``q W_q + b_q`` per head,
+    straight into the residual (``in_place``: into ``residual`` itself, which is returned).
+    ``q_projected``: the queries ``q W_q + b_q`` per head,
     ``(h, d, N)``, when already known (then ``q`` is not read). The scores are laid out
     ``(B, h, T, N)``: the softmax over the few keys then runs along a long contiguous axis
     (on a short last axis it is several times slower).
@@ -101,7 +103,10 @@ def image_to_tokens(attn: Attention, q: torch.Tensor | None, k: torch.Tensor, v:
     probs = torch.softmax(scores.reshape(b, h, t, -1), dim=2).reshape(b, h * t, -1)  # (B, hT, N)
     vh = attn.v_proj(v).reshape(b, t, h, d)
     fold_o = per_head(vh, attn.out_proj.weight.reshape(c, h, d).permute(1, 2, 0)) + attn.out_proj.bias / h
-    return torch.baddbmm(residual, probs.transpose(1, 2), fold_o.reshape(b, h * t, c).to(dtype))
+    values = fold_o.reshape(b, h * t, c).to(dtype)
+    if in_place:
+        return residual.baddbmm_(probs.transpose(1, 2), values)
+    return torch.baddbmm(residual, probs.transpose(1, 2), values)
 
 
 @dataclass
@@ -149,9 +154,11 @@ class TwoWayAttentionBlock(nn.Module):
             heads(project(i2t.q_proj, k), i2t).transpose(1, 2).contiguous(),
         )
 
-    def forward(self, queries, keys, query_pe, key_pe, projected: ImageProjections | None = None):
+    def forward(self, queries, keys, query_pe, key_pe, projected: ImageProjections | None = None,
+                own_keys: bool = False):
         """``queries`` ``(B, Nq, C)`` tokens, ``keys`` ``(B, HW, C)`` image; returns both updated.
-        ``projected``: :meth:`project_image` of ``keys``, when known."""
+        ``projected``: :meth:`project_image` of ``keys``, when known. ``own_keys``: ``keys``
+        may be overwritten (an earlier block's output, no gradients recorded)."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -171,7 +178,7 @@ class TwoWayAttentionBlock(nn.Module):
 
         q = queries + query_pe
         q_projected = None if projected is None else projected.queries
-        keys = self.norm4(image_to_tokens(i2t, k, q, queries, keys, q_projected))
+        keys = self.norm4(image_to_tokens(i2t, k, q, queries, keys, q_projected, in_place=own_keys))
         return queries, keys
 
 
@@ -196,6 +203,7 @@ class TwoWayTransformer(nn.Module):
         """
         queries = tokens
         for i, layer in enumerate(self.layers):
-            queries, keys = layer(queries, keys, tokens, key_pe, projected if i == 0 else None)
+            queries, keys = layer(queries, keys, tokens, key_pe, projected if i == 0 else None,
+                                  own_keys=i > 0 and not torch.is_grad_enabled())
         attn = tokens_to_image(self.final_attn_token_to_image, queries + tokens, keys + key_pe, keys)
         return self.norm_final_attn(queries + attn), keys
