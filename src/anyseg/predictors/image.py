@@ -207,7 +207,7 @@ class ImagePredictor:
                 raise InvalidInputError(f"points must have shape (N, 2) or (B, N, 2), got {np.shape(points)}")
             if lbl.shape != pts.shape[:2]:
                 raise InvalidInputError(f"labels must have shape {pts.shape[1:2]} to match the points, got {np.shape(labels)}")
-            if not np.isin(lbl, (0, 1)).all():
+            if not ((lbl == 0) | (lbl == 1)).all():
                 raise InvalidInputError("labels must be 1 (foreground) or 0 (background)")
             check_inside(pts, h, w, "point")
             coords = self.transform.coords(torch.as_tensor(pts, device=device), hw)

@@ -459,7 +459,7 @@ class VideoSession:
             lab = np.asarray(labels)
             if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
                 raise InvalidInputError(f"points must have shape (N, 2), got {coords.shape}")
-            if lab.shape != (coords.shape[0],) or not np.isin(lab, (0, 1)).all():
+            if lab.shape != (coords.shape[0],) or not ((lab == 0) | (lab == 1)).all():
                 raise InvalidInputError("labels must be N values, each 1 (object) or 0 (background)")
             check_inside(coords, h, w, "point", "video")
         if box is not None:
