@@ -37,12 +37,12 @@ class MaskDecoderConfig:
 class DecoderOutput:
     """``masks`` ``(B, M, 4h, 4w)`` logits (of the M mask tokens asked for), ``iou``
     ``(B, K)``, ``tokens`` ``(B, K', C)`` (the mask tokens the object pointer is made from),
-    ``object_score`` ``(B, 1)`` logits."""
+    ``object_score`` ``(B, 1)`` logits (None when not asked for)."""
 
     masks: torch.Tensor
     iou: torch.Tensor
     tokens: torch.Tensor
-    object_score: torch.Tensor
+    object_score: torch.Tensor | None
 
 
 def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
@@ -172,6 +172,7 @@ class MaskDecoder(nn.Module):
         high_res_features: list[torch.Tensor] | None = None,
         image_offset: torch.Tensor | None = None,
         masks_of: slice = slice(None),
+        object_score: bool = True,
     ) -> DecoderOutput:
         """Every mask token's output, before the multimask choice.
 
@@ -180,7 +181,8 @@ class MaskDecoder(nn.Module):
         ``high_res_features`` ``[(1 or B, C/8, 4h, 4w), (1 or B, C/4, 2h, 2w)]``,
         ``image_offset`` ``(C,)`` added to the embedding first (SAM 2's ``no_mem_embed``).
         ``masks_of``: the mask tokens whose masks are made (all by default; the scores and
-        tokens are every token's).
+        tokens are every token's). ``object_score``: whether the object-presence score is
+        made (else None).
         """
         sparse = sparse.to(self.iou_token.weight.dtype)  # the token side's type (see copy_in)
         b = sparse.shape[0]
@@ -205,11 +207,13 @@ class MaskDecoder(nn.Module):
             masks = _from_blocks(up @ hyper_in.transpose(1, 2).to(up.dtype), h, w, levels=2)
 
         iou = self.iou_prediction_head(iou_token_out)
-        if self.cfg.pred_obj_scores:
-            object_score = self.pred_obj_score_head(hs[:, 0, :])
+        if not object_score:
+            score = None
+        elif self.cfg.pred_obj_scores:
+            score = self.pred_obj_score_head(hs[:, 0, :])
         else:
-            object_score = 10.0 * iou.new_ones(iou.shape[0], 1)
-        return DecoderOutput(masks, iou, mask_tokens_out, object_score)
+            score = 10.0 * iou.new_ones(iou.shape[0], 1)
+        return DecoderOutput(masks, iou, mask_tokens_out, score)
 
     def _upscale(self, x: torch.Tensor, high_res_features: list[torch.Tensor] | None) -> torch.Tensor:
         """``output_upscaling`` (with SAM 2's high-res skips) on image tokens ``(B, h w, C)``:
@@ -340,10 +344,11 @@ class MaskDecoder(nn.Module):
         return DecoderOutput(masks, iou, tokens, out.object_score)
 
     def forward(self, image_embed, image_pe, sparse, dense, multimask: bool, high_res_features=None,
-                image_offset=None) -> DecoderOutput:
-        """:meth:`predict_all` (making only the masks that will be kept) then :meth:`_select`."""
+                image_offset=None, object_score: bool = True) -> DecoderOutput:
+        """:meth:`predict_all` (making only the masks that will be kept) then :meth:`_select`;
+        ``object_score``: whether the object-presence score is made (the tracker's)."""
         out = self.predict_all(image_embed, image_pe, sparse, dense, high_res_features, image_offset,
-                               self._masks_of(multimask))
+                               self._masks_of(multimask), object_score)
         return self._select(out, multimask)
 
     def _dynamic_single_mask(self, masks: torch.Tensor, iou: torch.Tensor):

@@ -159,7 +159,8 @@ class Sam2Model(Sam2TrackerMixin, nn.Module):
         Prompts are batched over B (``coords`` ``(B, N, 2)``, ``boxes`` ``(B, 4)``,
         ``mask_input`` ``(B, 1, 256, 256)`` logits) in model-input pixels. ``decoder``: a
         copy of the mask decoder to decode with instead (:meth:`MaskDecoder.copy_in`).
-        Returns ``masks`` ``(B, K, 256, 256)`` logits, ``iou`` ``(B, K)``.
+        Returns ``masks`` ``(B, K, 256, 256)`` logits, ``iou`` ``(B, K)`` (no object score:
+        the image predictor does not use it).
         """
         coords, labels = self.prompt_tokens(coords, labels, boxes)
         batch = 1
@@ -169,7 +170,7 @@ class Sam2Model(Sam2TrackerMixin, nn.Module):
         sparse, dense = self.sam_prompt_encoder(coords, labels, mask_input, batch_size=batch)
         decoder = self.sam_mask_decoder if decoder is None else decoder
         return decoder(features.embed, self.sam_prompt_encoder.dense_pe(), sparse, dense, multimask,
-                       features.high_res, image_offset=self.no_mem_embed.reshape(-1))
+                       features.high_res, image_offset=self.no_mem_embed.reshape(-1), object_score=False)
 
     @property
     def mask_decoder(self) -> MaskDecoder:
