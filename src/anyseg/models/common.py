@@ -68,6 +68,32 @@ class LayerNorm2d(nn.Module):
         return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
+class LastResult:
+    """The result of a function of some tensors, kept for the next call on the same tensors
+    (the same memory, shape, strides and version: references to them are held, so that
+    memory is not reused, and an in-place change makes a new version; inference tensors
+    have none, so an owner whose weights may be such clears its results when it loads new
+    ones). Several prompts on one image reuse the image-side work this way, and layers
+    their stacked weights. Nothing is kept while gradients are recorded."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._key, self._inputs, self._value = None, None, None
+        self.reused = False  # whether the last get() returned the kept result
+
+    def get(self, inputs: tuple[torch.Tensor, ...], compute):
+        key = [(t.data_ptr(), t.shape, t.stride(), None if t.is_inference() else t._version) for t in inputs]
+        self.reused = self._key == key
+        if self.reused:
+            return self._value
+        value = compute()
+        if not torch.is_grad_enabled():
+            self._key, self._inputs, self._value = key, inputs, value
+        return value
+
+
 class Attention(nn.Module):
     """Multi-head attention with separate q/k/v projections and an optional
     down-projection of the internal width (``embedding_dim // downsample_rate``).
@@ -93,6 +119,11 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(kv_in_dim, self.internal_dim)
         self.v_proj = nn.Linear(kv_in_dim, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+        self._stacked_of = LastResult()  # see project
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._stacked_of.clear()  # the kept stack is of the old weights
+        super()._load_from_state_dict(*args, **kwargs)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, C)`` -> ``(B, heads, N, C // heads)``."""
@@ -105,11 +136,18 @@ class Attention(nn.Module):
         return x.transpose(1, 2).reshape(b, n, h * c)
 
     def project(self, q, k, v):
-        return (
-            self.split_heads(self.q_proj(q)),
-            self.split_heads(self.k_proj(k)),
-            self.split_heads(self.v_proj(v)),
+        """Each input's projection, split in heads ``(B, heads, N, c)``. Without gradients,
+        inputs that are one tensor (``q`` and ``k``, or all three) share one product with
+        the projections' weights stacked (once, and kept: :class:`LastResult`)."""
+        if q is not k or torch.is_grad_enabled():
+            return self.split_heads(self.q_proj(q)), self.split_heads(self.k_proj(k)), self.split_heads(self.v_proj(v))
+        layers = [self.q_proj, self.k_proj] + ([self.v_proj] if v is q else [])
+        weight, bias = self._stacked_of.get(
+            tuple(p for layer in layers for p in (layer.weight, layer.bias)),
+            lambda: (torch.cat([layer.weight for layer in layers]), torch.cat([layer.bias for layer in layers])),
         )
+        parts = [self.split_heads(x) for x in F.linear(q, weight, bias).split(self.internal_dim, dim=-1)]
+        return parts[0], parts[1], parts[2] if v is q else self.split_heads(self.v_proj(v))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q, k, v = self.project(q, k, v)

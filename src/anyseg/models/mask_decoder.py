@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anyseg.kernels import mask_product
-from anyseg.models.common import MLP, LayerNorm2d
+from anyseg.models.common import MLP, LastResult, LayerNorm2d
 from anyseg.models.two_way_transformer import ImageProjections, TwoWayTransformer
 
 
@@ -80,32 +80,6 @@ def _from_blocks(x: torch.Tensor, h: int, w: int, levels: int) -> torch.Tensor:
     rows, cols = list(range(3, 3 + 2 * levels, 2)), list(range(4, 4 + 2 * levels, 2))
     x = x.permute(0, 3 + 2 * levels, 1, *rows, 2, *cols)
     return x.reshape(b, k, h << levels, w << levels)
-
-
-class LastResult:
-    """The result of a function of some tensors, kept for the next call on the same tensors
-    (the same memory, shape, strides and version: references to them are held, so that
-    memory is not reused, and an in-place change makes a new version; inference tensors
-    have none, and are never changed in place here). Several prompts on
-    one image reuse the image-side work this way. Nothing is kept while gradients are
-    recorded."""
-
-    def __init__(self) -> None:
-        self.clear()
-
-    def clear(self) -> None:
-        self._key, self._inputs, self._value = None, None, None
-        self.reused = False  # whether the last get() returned the kept result
-
-    def get(self, inputs: tuple[torch.Tensor, ...], compute):
-        key = [(t.data_ptr(), t.shape, t.stride(), None if t.is_inference() else t._version) for t in inputs]
-        self.reused = self._key == key
-        if self.reused:
-            return self._value
-        value = compute()
-        if not torch.is_grad_enabled():
-            self._key, self._inputs, self._value = key, inputs, value
-        return value
 
 
 @dataclass
