@@ -1,13 +1,14 @@
 """Compiled CPU loops for the memory-bound steps of a click, where a chain of torch
 operations would pass over large arrays several times (or reorder them element by element).
 
-Each loop is compiled by numba on first use (importing anyseg does not import numba; the
-machine code is cached on disk). Where torch runs on GNU OpenMP (its Linux builds), a
-loop's outer range is split across torch's own OpenMP team (``torch.get_num_threads()``
-threads): the loops follow torch operations, whose worker threads are still spinning, so
-the split starts at once (a helper thread of ours would have to share a core with one of
-them: slower, not faster). Elsewhere a loop runs on the calling thread. Callers keep the
-torch form of each step for other devices and for autograd.
+The loops are in :mod:`anyseg._loops`, compiled by numba on first use (importing anyseg
+does not import numba; the machine code is cached on disk). Where torch runs on GNU OpenMP
+(its Linux builds), a loop's outer range is split across torch's own OpenMP team
+(``torch.get_num_threads()`` threads): the loops follow torch operations, whose worker
+threads are still spinning, so the split starts at once (a helper thread of ours would
+have to share a core with one of them: slower, not faster). Elsewhere a loop runs on the
+calling thread. Callers keep the torch form of each step for other devices and for
+autograd.
 """
 
 from __future__ import annotations
