@@ -53,3 +53,20 @@ def test_resize_of_the_kept_width_equals_resize_then_crop(n, n_out):
     for keep in {1, 2, 3, n_out // 3, 2 * n_out // 3 + 1, n_out - 1, n_out}:
         expected = F.interpolate(rows, n_out, mode="linear", align_corners=False)[..., :keep]
         assert torch.equal(_resize_kept(rows, n_out, keep), expected)
+
+
+def test_resize_threshold_of_all_background_and_of_extreme_rows(loop_threads):
+    # nothing to resize at all; and rows whose maxima are subnormal, huge, or infinite
+    # next to the threshold, where the bound of a row must still hold every pixel
+    size = (300, 200)
+    empty = resize_threshold(torch.full((2, 16, 16), -3.0), [(size, size)], 0.0)
+    assert empty.shape == (2, *size) and not empty.any()
+    maps = torch.full((2, 16, 16), -1.0)
+    maps[0, 3] = 1e-45
+    maps[0, 7, ::2] = 3e38
+    maps[0, 7, 1::2] = -3e38
+    maps[1, 5, 4] = float("inf")
+    maps[1, 9] = -float("inf")
+    for threshold in (0.0, 1e-45, -1.0):
+        expected = F.interpolate(maps[:, None], size, mode="bilinear", align_corners=False)[:, 0] > threshold
+        assert np.array_equal(resize_threshold(maps, [(size, size)], threshold), expected.numpy())
