@@ -56,7 +56,7 @@ def test_resize_of_the_kept_width_equals_resize_then_crop(n, n_out):
 
 
 def test_resize_threshold_of_all_background_and_of_extreme_rows(loop_threads):
-    # nothing to resize at all; and rows whose maxima are subnormal, huge, or infinite
+    # every output row skipped; and rows whose maxima are subnormal, huge, or infinite
     # next to the threshold, where the bound of a row must still hold every pixel
     size = (300, 200)
     empty = resize_threshold(torch.full((2, 16, 16), -3.0), [(size, size)], 0.0)
