@@ -52,6 +52,7 @@ def loop_threads(request, monkeypatch):
     if request.param == "serial":
         monkeypatch.setattr(kernels, "_team", lambda: None)
     else:
-        assert kernels._team() is not None, "torch's OpenMP team is not found"
+        if kernels._team() is None:
+            pytest.skip("torch does not run on GNU OpenMP here: the loops run on the calling thread")
         monkeypatch.setattr(kernels.torch, "get_num_threads", lambda: 3)
     return request.param

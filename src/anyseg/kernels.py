@@ -58,6 +58,7 @@ def _run(name: str, n: int, *args) -> None:
             keep.append(arg)
         else:
             words.append(int(arg))
+    assert len(words) < 63, "a team entry's descriptor holds 62 words of arguments"
     descriptor = np.zeros(64, np.int64)
     descriptor[: len(words)] = words
     descriptor[2] = descriptor.ctypes.data + 8 * 63  # the counter: the last word, zero

@@ -82,8 +82,8 @@ def image_to_tokens(attn: Attention, q: torch.Tensor | None, k: torch.Tensor, v:
     ``h * T`` vectors on each side. Each head's attention rows sum to one, so the output
     bias is folded into the values too (``b_o / h`` per head) and the product accumulates
     straight into the residual (``in_place``: into ``residual`` itself, which is returned).
-    ``q_projected``: the queries ``q W_q + b_q`` per head,
-    ``(h, d, N)``, when already known (then ``q`` is not read). The scores are laid out
+    ``q_projected``: the queries ``q W_q + b_q`` per head, ``(h, d, N)``, when already known
+    (then ``q`` is not read). The scores are laid out
     ``(B, h, T, N)``: the softmax over the few keys then runs along a long contiguous axis
     (on a short last axis it is several times slower).
     """
