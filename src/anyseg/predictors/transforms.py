@@ -85,12 +85,17 @@ def resize_threshold(maps: torch.Tensor, stages: list[Stage], threshold: float) 
         return (_resize(maps, stages)[:, 0] > threshold).cpu().numpy()
     n, h, w = maps.shape
     rows = maps.float().reshape(n * h, 1, w)
+    # bounds of the resized rows, from the few low-res samples: a linear resize takes convex
+    # combinations, which exceed their largest term only by rounding (relative, or absolute
+    # among subnormals); a bound too high merely skips fewer rows
+    peaks = rows.amax(dim=-1).reshape(n, h)
+    peaks = peaks + peaks.abs() * 2**-16 + 1e-37
     for size, (_, cw) in stages:
         rows = _resize_kept(rows, size[1], cw)
     taps, weights = _composed_taps(h, tuple(stages))
     out = np.empty((n, len(taps), rows.shape[-1]), dtype=np.bool_)
     rows = rows.reshape(n, h, -1).contiguous()
-    blend_rows_threshold(rows.numpy(), rows.amax(dim=-1).numpy(), taps, weights, threshold, out)
+    blend_rows_threshold(rows.numpy(), peaks.numpy(), taps, weights, threshold, out)
     return out
 
 
