@@ -4,7 +4,7 @@ it keeps between prompts changes no result and never outlives the weights."""
 import pytest
 import torch
 
-from anyseg.kernels import mask_product
+from anyseg.kernels import layer_norm_plus, mask_product
 from anyseg.models.mask_decoder import MaskDecoder, MaskDecoderConfig, _from_blocks
 
 
@@ -46,6 +46,27 @@ def test_compiled_mask_product_matches_product_then_reorder(dtype, loop_threads)
     got = mask_product(feats, hyper, h, w)
     assert got.dtype == torch.float32 and got.shape == (b, 4, 4 * h, 4 * w)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_compiled_layer_norm_plus_rounds_as_torch(loop_threads):
+    # bf16 image tokens (a batch of 2 sharing the addend, as the decoder's position
+    # encoding): the results are rounded as torch rounds them; the statistics may differ in
+    # float32 rounding, which moves a value by one bf16 step where it lies next to a tie
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 300, 64, generator=g) * 3 + 1).bfloat16()
+    addend = torch.randn(1, 300, 64, generator=g).bfloat16()
+    norm = torch.nn.LayerNorm(64, eps=1e-6)
+    torch.nn.init.normal_(norm.weight, generator=g)
+    torch.nn.init.normal_(norm.bias, generator=g)
+    y, y_plus = layer_norm_plus(x, norm, addend)
+    expected = norm(x)
+    for got, want in ((y, expected), (y_plus, expected + addend)):
+        assert got.dtype == torch.bfloat16 and got.shape == x.shape
+        differ = got != want
+        assert differ.sum() <= 10
+        assert ((got.float() - want.float()).abs() <= want.float().abs() * 2**-7 + 1e-6)[differ].all()
+    assert torch.equal(y_plus, (y.float() + addend.float()).bfloat16())
 
 
 @torch.inference_mode()

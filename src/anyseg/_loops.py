@@ -79,6 +79,45 @@ def mask_product(start, stop, words, bf16, hyper, h, w, out):
                     out[b, m, y, x] = acc
 
 
+@numba.njit(inline="always")
+def _bf16_bits(bits):
+    """float32 bits rounded to the nearest bf16, ties to even (as torch rounds): the upper
+    16 bits of the result (integer arithmetic, so the loops around it vectorise)."""
+    return (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+
+
+# the row sums may be taken in any order
+@numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
+def layer_norm_plus(start, stop, x, addend, weight, bias, eps, y, y_plus):
+    c = x.shape[1]
+    row, more = np.empty(c, np.float32), np.empty(c, np.float32)
+    row_bits, more_bits = row.view(np.uint32), more.view(np.uint32)
+    for i in range(start, stop):
+        xi, ai, yi, pi = x[i], addend[i % addend.shape[0]], y[i], y_plus[i]
+        for j in range(c):
+            row_bits[j] = np.uint32(xi[j]) << np.uint32(16)
+        total = np.float32(0)
+        for j in range(c):
+            total += row[j]
+        mean = total / np.float32(c)
+        total = np.float32(0)
+        for j in range(c):
+            total += (row[j] - mean) * (row[j] - mean)
+        scale = np.float32(1) / np.sqrt(total / np.float32(c) + eps)
+        shift = -mean * scale
+        for j in range(c):
+            row[j] = (row[j] * scale + shift) * weight[j] + bias[j]
+            more_bits[j] = np.uint32(ai[j]) << np.uint32(16)
+        for j in range(c):
+            bits = _bf16_bits(row_bits[j])
+            row_bits[j] = bits
+            yi[j] = np.uint16(bits >> np.uint32(16))
+        for j in range(c):
+            more[j] += row[j]
+        for j in range(c):
+            pi[j] = np.uint16(_bf16_bits(more_bits[j]) >> np.uint32(16))
+
+
 @intrinsic
 def _pointer(typingctx, address):
     def codegen(context, builder, signature, args):
@@ -133,4 +172,20 @@ def mask_product_team(data):
     start, stop = _next_part(d)
     while start < stop:
         mask_product(start, stop, words, d[7] != 0, hyper, d[12], d[13], out)
+        start, stop = _next_part(d)
+
+
+@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
+def layer_norm_plus_team(data):
+    d = numba.carray(data, (64,), np.int64)
+    x = numba.carray(_pointer(d[3]), (d[4], d[5]), np.uint16)
+    addend = numba.carray(_pointer(d[6]), (d[7], d[8]), np.uint16)
+    weight = numba.carray(_pointer(d[9]), (d[10],), np.float32)
+    bias = numba.carray(_pointer(d[11]), (d[12],), np.float32)
+    eps = numba.carray(_pointer(d[13]), (d[14],), np.float32)[0]
+    y = numba.carray(_pointer(d[15]), (d[16], d[17]), np.uint16)
+    y_plus = numba.carray(_pointer(d[18]), (d[19], d[20]), np.uint16)
+    start, stop = _next_part(d)
+    while start < stop:
+        layer_norm_plus(start, stop, x, addend, weight, bias, eps, y, y_plus)
         start, stop = _next_part(d)

@@ -91,3 +91,19 @@ def mask_product(features: torch.Tensor, hyper: torch.Tensor, h: int, w: int) ->
     words = (features if bf16 else features.float()).contiguous().view(torch.uint16).numpy()
     _run("mask_product", b * h, words, bf16, hyper.float().contiguous().numpy(), h, w, out.numpy())
     return out
+
+
+def layer_norm_plus(x: torch.Tensor, norm: torch.nn.LayerNorm, addend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, y + addend)`` with ``y = norm(x)``, in one pass over bf16 rows: ``x`` ``(B, N, C)``
+    bf16, ``addend`` ``(1, N, C)`` bf16, ``norm`` over C with float32 weights. Each result is
+    rounded to bf16 as torch rounds it (``y`` before the sum); the statistics may differ
+    from torch's in float32 rounding."""
+    b, n, c = x.shape
+    y, y_plus = torch.empty_like(x), torch.empty_like(x)
+
+    def words(t: torch.Tensor, rows: int) -> np.ndarray:  # numpy has no bf16: its 16-bit words
+        return t.contiguous().view(torch.uint16).numpy().reshape(rows, c)
+
+    _run("layer_norm_plus", b * n, words(x, b * n), words(addend, n), norm.weight.detach().float().contiguous().numpy(),
+         norm.bias.detach().float().contiguous().numpy(), np.float32(norm.eps), words(y, b * n), words(y_plus, b * n))
+    return y, y_plus

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anyseg.kernels import layer_norm_plus
 from anyseg.models.common import MLP, Attention, MLPBlock
 
 
@@ -109,6 +110,16 @@ def image_to_tokens(attn: Attention, q: torch.Tensor | None, k: torch.Tensor, v:
     return torch.baddbmm(residual, probs.transpose(1, 2), values)
 
 
+def norm_plus(norm: nn.LayerNorm, x: torch.Tensor, addend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(norm(x), norm(x) + addend)``; in one pass for bf16 image tokens on the CPU
+    (:func:`~anyseg.kernels.layer_norm_plus`: each is a pass over a few MB)."""
+    if (x.device.type == "cpu" and x.dtype == addend.dtype == torch.bfloat16 and addend.shape[0] == 1
+            and not torch.is_grad_enabled()):
+        return layer_norm_plus(x, norm, addend)
+    y = norm(x)
+    return y, y + addend
+
+
 @dataclass
 class ImageProjections:
     """What the first block computes from the image side alone: with no mask prompt it is
@@ -155,10 +166,11 @@ class TwoWayAttentionBlock(nn.Module):
         )
 
     def forward(self, queries, keys, query_pe, key_pe, projected: ImageProjections | None = None,
-                own_keys: bool = False):
-        """``queries`` ``(B, Nq, C)`` tokens, ``keys`` ``(B, HW, C)`` image; returns both updated.
-        ``projected``: :meth:`project_image` of ``keys``, when known. ``own_keys``: ``keys``
-        may be overwritten (an earlier block's output, no gradients recorded)."""
+                own_keys: bool = False, keys_pe: torch.Tensor | None = None):
+        """``queries`` ``(B, Nq, C)`` tokens, ``keys`` ``(B, HW, C)`` image; returns both updated,
+        and the updated ``keys + key_pe``. ``projected``: :meth:`project_image` of ``keys``,
+        when known. ``own_keys``: ``keys`` may be overwritten (an earlier block's output, no
+        gradients recorded). ``keys_pe``: ``keys + key_pe``, when known."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -168,7 +180,7 @@ class TwoWayAttentionBlock(nn.Module):
 
         t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
         if projected is None:
-            k = keys + key_pe
+            k = keys + key_pe if keys_pe is None else keys_pe
             attn = tokens_to_image(t2i, queries + query_pe, k, keys)
         else:
             k = None
@@ -178,8 +190,9 @@ class TwoWayAttentionBlock(nn.Module):
 
         q = queries + query_pe
         q_projected = None if projected is None else projected.queries
-        keys = self.norm4(image_to_tokens(i2t, k, q, queries, keys, q_projected, in_place=own_keys))
-        return queries, keys
+        keys, keys_pe = norm_plus(self.norm4, image_to_tokens(i2t, k, q, queries, keys, q_projected, in_place=own_keys),
+                                  key_pe)
+        return queries, keys, keys_pe
 
 
 class TwoWayTransformer(nn.Module):
@@ -201,9 +214,9 @@ class TwoWayTransformer(nn.Module):
 
         Returns the tokens ``(B, N, C)`` and image tokens ``(B, h*w, C)``.
         """
-        queries = tokens
+        queries, keys_pe = tokens, None
         for i, layer in enumerate(self.layers):
-            queries, keys = layer(queries, keys, tokens, key_pe, projected if i == 0 else None,
-                                  own_keys=i > 0 and not torch.is_grad_enabled())
-        attn = tokens_to_image(self.final_attn_token_to_image, queries + tokens, keys + key_pe, keys)
+            queries, keys, keys_pe = layer(queries, keys, tokens, key_pe, projected if i == 0 else None,
+                                           own_keys=i > 0 and not torch.is_grad_enabled(), keys_pe=keys_pe)
+        attn = tokens_to_image(self.final_attn_token_to_image, queries + tokens, keys_pe, keys)
         return self.norm_final_attn(queries + attn), keys
