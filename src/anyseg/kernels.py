@@ -68,8 +68,9 @@ def _run(name: str, n: int, *args) -> None:
 def blend_rows_threshold(rows: np.ndarray, peaks: np.ndarray, taps: np.ndarray, weights: np.ndarray,
                          threshold: float, out: np.ndarray) -> None:
     """``out[k, i] = sum_t rows[k, taps[i, t]] * weights[i, t] > threshold`` (summed in
-    order of t) for ``rows`` ``(K, h, W)`` float32 with bounds ``peaks`` ``(K, h)``
-    (each at least its row's maximum), ``taps`` / ``weights`` ``(H, T)`` (weights non-negative) and ``out`` ``(K, H, W)`` bool.
+    order of t) for ``rows`` ``(K, h, W)`` float32 with bounds ``peaks`` ``(K, h)`` (each at
+    least its row's maximum), ``taps`` / ``weights`` ``(H, T)`` (weights non-negative) and
+    ``out`` ``(K, H, W)`` bool.
 
     An output row is written all False without visiting its pixels when the same weighted
     sum of its rows' bounds is not above the threshold: rounding is monotonic, so that sum
