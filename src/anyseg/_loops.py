@@ -82,7 +82,8 @@ def mask_product(start, stop, words, bf16, hyper, h, w, out):
 @numba.njit(inline="always")
 def _bf16_bits(bits):
     """float32 bits rounded to the nearest bf16, ties to even (as torch rounds): the upper
-    16 bits of the result (integer arithmetic, so the loops around it vectorise)."""
+    16 bits of the result (integer arithmetic, so the loops around it vectorise). A NaN stays
+    a NaN as long as its low 16 bits are zero, as they are for NaNs made from bf16 inputs."""
     return (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
 
 
