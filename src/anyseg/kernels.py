@@ -65,6 +65,11 @@ def _run(name: str, n: int, *args) -> None:
     team.GOMP_parallel(getattr(_loops, name + "_team").address, descriptor.ctypes.data, parts, 0)
 
 
+def _words(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's memory as 16-bit words (numpy has no bf16), contiguous."""
+    return t.detach().contiguous().view(torch.uint16).numpy()
+
+
 def blend_rows_threshold(rows: np.ndarray, peaks: np.ndarray, taps: np.ndarray, weights: np.ndarray,
                          threshold: float, out: np.ndarray) -> None:
     """``out[k, i] = sum_t rows[k, taps[i, t]] * weights[i, t] > threshold`` (summed in
@@ -88,8 +93,8 @@ def mask_product(features: torch.Tensor, hyper: torch.Tensor, h: int, w: int) ->
     b = features.shape[0]
     out = torch.empty(b, hyper.shape[1], 4 * h, 4 * w)
     bf16 = features.dtype == torch.bfloat16
-    # numpy has no bf16: the loop reads 16-bit words (one per bf16 value, two per float32)
-    words = (features if bf16 else features.float()).contiguous().view(torch.uint16).numpy()
+    # the loop reads 16-bit words: one per bf16 value, two per float32
+    words = _words(features if bf16 else features.float())
     _run("mask_product", b * h, words, bf16, hyper.float().contiguous().numpy(), h, w, out.numpy())
     return out
 
@@ -99,12 +104,9 @@ def layer_norm_plus(x: torch.Tensor, norm: torch.nn.LayerNorm, addend: torch.Ten
     bf16, ``addend`` ``(1, N, C)`` bf16, ``norm`` over C with float32 weights. Each result is
     rounded to bf16 as torch rounds it (``y`` before the sum); the statistics may differ
     from torch's in float32 rounding."""
-    b, n, c = x.shape
+    c = x.shape[-1]
     y, y_plus = torch.empty_like(x), torch.empty_like(x)
-
-    def words(t: torch.Tensor, rows: int) -> np.ndarray:  # numpy has no bf16: its 16-bit words
-        return t.contiguous().view(torch.uint16).numpy().reshape(rows, c)
-
-    _run("layer_norm_plus", b * n, words(x, b * n), words(addend, n), norm.weight.detach().float().contiguous().numpy(),
-         norm.bias.detach().float().contiguous().numpy(), np.float32(norm.eps), words(y, b * n), words(y_plus, b * n))
+    rows = [_words(t).reshape(-1, c) for t in (x, addend, y, y_plus)]
+    _run("layer_norm_plus", rows[0].shape[0], rows[0], rows[1], norm.weight.detach().float().contiguous().numpy(),
+         norm.bias.detach().float().contiguous().numpy(), np.float32(norm.eps), rows[2], rows[3])
     return y, y_plus
