@@ -74,17 +74,20 @@ def resize_threshold(maps: torch.Tensor, stages: list[Stage], threshold: float) 
     ``> threshold``: ``(N, H, W)`` bool, at a fraction of the time on CPU.
 
     Bilinear resizing is separable, so the rows are first resized along x through every
-    stage by torch (on the h low-res rows only); each output row is then a weighted sum of
-    at most ``2 ** len(stages)`` of those rows, which one compiled loop adds up and compares,
-    writing only the booleans (no float map at the image size) and skipping the output rows
-    that cannot reach the threshold (:func:`~anyseg.kernels.blend_rows_threshold`). The
+    stage by torch (on the low-res rows only, and only those the vertical resizes reach: a
+    crop may leave some out); each output row is then a weighted sum of at most
+    ``2 ** len(stages)`` of those rows, which one compiled loop adds up and compares, writing
+    only the booleans (no float map at the image size) and skipping the output rows that
+    cannot reach the threshold (:func:`~anyseg.kernels.blend_rows_threshold`). The
     values equal torch's up to float rounding: a pixel whose logit is within rounding of
     the threshold may differ.
     """
     if maps.device.type != "cpu":
         return (_resize(maps, stages)[:, 0] > threshold).cpu().numpy()
-    n, h, w = maps.shape
-    rows = maps.float().reshape(n * h, 1, w)
+    n, _, w = maps.shape
+    taps, weights = _composed_taps(maps.shape[1], tuple(stages))
+    h = int(taps.max()) + 1
+    rows = maps[:, :h].float().reshape(n * h, 1, w)
     # bounds of the resized rows, from the few low-res samples: a linear resize takes convex
     # combinations, which exceed their largest term only by rounding (relative, or absolute
     # among subnormals); a bound too high merely skips fewer rows
@@ -92,7 +95,6 @@ def resize_threshold(maps: torch.Tensor, stages: list[Stage], threshold: float) 
     peaks = peaks + peaks.abs() * 2**-16 + 1e-37
     for size, (_, cw) in stages:
         rows = _resize_kept(rows, size[1], cw)
-    taps, weights = _composed_taps(h, tuple(stages))
     out = np.empty((n, len(taps), rows.shape[-1]), dtype=np.bool_)
     rows = rows.reshape(n, h, -1).contiguous()
     blend_rows_threshold(rows.numpy(), peaks.numpy(), taps, weights, threshold, out)
