@@ -1,10 +1,12 @@
 """The mask decoder's blocked upscaling equals the plain layer stack; the image-side work
 it keeps between prompts changes no result and never outlives the weights."""
 
+import copy
+
 import pytest
 import torch
 
-from anyseg.kernels import layer_norm_plus, mask_product
+from anyseg.kernels import layer_norm, layer_norm_plus, mask_product
 from anyseg.models.mask_decoder import MaskDecoder, MaskDecoderConfig, _from_blocks
 
 
@@ -67,6 +69,23 @@ def test_compiled_layer_norm_plus_rounds_as_torch(loop_threads):
         assert differ.sum() <= 10
         assert ((got.float() - want.float()).abs() <= want.float().abs() * 2**-7 + 1e-6)[differ].all()
     assert torch.equal(y_plus, (y.float() + addend.float()).bfloat16())
+
+
+@pytest.mark.parametrize("c", [32, 64, 256])
+@torch.inference_mode()
+def test_compiled_layer_norm_rounds_as_torch(c, loop_threads):
+    # rows in groups of four: 301 rows leave a group of one
+    g = torch.Generator().manual_seed(c)
+    x = (torch.randn(301, c, generator=g) * 3 + 1).bfloat16()
+    norm = torch.nn.LayerNorm(c, eps=1e-6)
+    torch.nn.init.normal_(norm.weight, generator=g)
+    torch.nn.init.normal_(norm.bias, generator=g)
+    for weights in (norm, copy.deepcopy(norm).bfloat16()):  # the upscaling's norm is bf16 in bf16 mode
+        got, want = layer_norm(x, weights), weights(x)
+        assert got.dtype == torch.bfloat16 and got.shape == x.shape
+        differ = got != want
+        assert differ.sum() <= 10
+        assert ((got.float() - want.float()).abs() <= want.float().abs() * 2**-7 + 1e-6)[differ].all()
 
 
 @torch.inference_mode()

@@ -87,36 +87,87 @@ def _bf16_bits(bits):
     return (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
 
 
-# the row sums may be taken in any order
-@numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
-def layer_norm_plus(start, stop, x, addend, weight, bias, eps, y, y_plus):
+@numba.njit(inline="always")
+def _widen(word):
+    """The float32 value of a bf16 word."""
+    return _as_float(np.uint32(word) << np.uint32(16))
+
+
+@numba.njit(inline="always")
+def _narrow(value):
+    """The bf16 word nearest a float32 value (:func:`_bf16_bits`)."""
+    return np.uint16(_bf16_bits(_as_bits(value)) >> np.uint32(16))
+
+
+@numba.njit(inline="always")
+def _norm_stats(x, start, r, eps, scale, shift):
+    """Layer-norm statistics of the bf16 rows ``x[start : start + r]``: ``scale[k]`` =
+    1 / std, ``shift[k]`` = -mean / std (float32, two passes). Rows go in groups, so that
+    their sums' reductions overlap (one row's alone is a chain of dependent steps)."""
     c = x.shape[1]
-    row, more = np.empty(c, np.float32), np.empty(c, np.float32)
-    row_bits, more_bits = row.view(np.uint32), more.view(np.uint32)
-    for i in range(start, stop):
-        xi, ai, yi, pi = x[i], addend[i % addend.shape[0]], y[i], y_plus[i]
-        for j in range(c):
-            row_bits[j] = np.uint32(xi[j]) << np.uint32(16)
+    for k in range(r):
+        xi = x[start + k]
         total = np.float32(0)
         for j in range(c):
-            total += row[j]
+            total += _widen(xi[j])
         mean = total / np.float32(c)
         total = np.float32(0)
         for j in range(c):
-            total += (row[j] - mean) * (row[j] - mean)
-        scale = np.float32(1) / np.sqrt(total / np.float32(c) + eps)
-        shift = -mean * scale
-        for j in range(c):
-            row[j] = (row[j] * scale + shift) * weight[j] + bias[j]
-            more_bits[j] = np.uint32(ai[j]) << np.uint32(16)
-        for j in range(c):
-            bits = _bf16_bits(row_bits[j])
-            row_bits[j] = bits
-            yi[j] = np.uint16(bits >> np.uint32(16))
-        for j in range(c):
-            more[j] += row[j]
-        for j in range(c):
-            pi[j] = np.uint16(_bf16_bits(more_bits[j]) >> np.uint32(16))
+            d = _widen(xi[j]) - mean
+            total += d * d
+        scale[k] = np.float32(1) / np.sqrt(total / np.float32(c) + eps)
+        shift[k] = -mean * scale[k]
+
+
+_GROUP = 4  # rows per group of _norm_stats
+
+
+# the row sums may be taken in any order
+@numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
+def layer_norm(start, stop, x, weight, bias, eps, y):
+    scale, shift = np.empty(_GROUP, np.float32), np.empty(_GROUP, np.float32)
+    for i in range(start, stop, _GROUP):
+        r = min(_GROUP, stop - i)
+        _norm_stats(x, i, r, eps, scale, shift)
+        for k in range(r):
+            xi, yi, a, b = x[i + k], y[i + k], scale[k], shift[k]
+            for j in range(x.shape[1]):
+                yi[j] = _narrow((_widen(xi[j]) * a + b) * weight[j] + bias[j])
+
+
+@numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
+def layer_norm_plus(start, stop, x, addend, weight, bias, eps, y, y_plus):
+    scale, shift = np.empty(_GROUP, np.float32), np.empty(_GROUP, np.float32)
+    for i in range(start, stop, _GROUP):
+        r = min(_GROUP, stop - i)
+        _norm_stats(x, i, r, eps, scale, shift)
+        for k in range(r):
+            xi, yi, pi, a, b = x[i + k], y[i + k], y_plus[i + k], scale[k], shift[k]
+            ai = addend[(i + k) % addend.shape[0]]
+            for j in range(x.shape[1]):
+                word = _narrow((_widen(xi[j]) * a + b) * weight[j] + bias[j])
+                yi[j] = word
+                pi[j] = _narrow(_widen(word) + _widen(ai[j]))
+
+
+@intrinsic
+def _as_float(typingctx, bits):
+    """The float32 whose bits are the uint32 ``bits``."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _as_bits(typingctx, value):
+    """The bits of the float32 ``value``, as a uint32."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
 
 
 @intrinsic
@@ -189,4 +240,18 @@ def layer_norm_plus_team(data):
     start, stop = _next_part(d)
     while start < stop:
         layer_norm_plus(start, stop, x, addend, weight, bias, eps, y, y_plus)
+        start, stop = _next_part(d)
+
+
+@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
+def layer_norm_team(data):
+    d = numba.carray(data, (64,), np.int64)
+    x = numba.carray(_pointer(d[3]), (d[4], d[5]), np.uint16)
+    weight = numba.carray(_pointer(d[6]), (d[7],), np.float32)
+    bias = numba.carray(_pointer(d[8]), (d[9],), np.float32)
+    eps = numba.carray(_pointer(d[10]), (d[11],), np.float32)[0]
+    y = numba.carray(_pointer(d[12]), (d[13], d[14]), np.uint16)
+    start, stop = _next_part(d)
+    while start < stop:
+        layer_norm(start, stop, x, weight, bias, eps, y)
         start, stop = _next_part(d)

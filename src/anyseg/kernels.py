@@ -99,6 +99,24 @@ def mask_product(features: torch.Tensor, hyper: torch.Tensor, h: int, w: int) ->
     return out
 
 
+def _norm_params(norm: torch.nn.Module) -> list:
+    """An affine layer norm's weight, bias (float32 arrays) and epsilon (float32)."""
+    return [norm.weight.detach().float().contiguous().numpy(), norm.bias.detach().float().contiguous().numpy(),
+            np.float32(norm.eps)]
+
+
+def layer_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    """``norm(x)`` over the last axis of bf16 ``x`` ``(..., C)``, for an affine layer norm
+    ``norm`` (``weight`` and ``bias`` ``(C,)``, ``eps``): float32 statistics, the result
+    rounded to bf16 as torch rounds it (the statistics may differ from torch's in float32
+    rounding)."""
+    c = x.shape[-1]
+    y = torch.empty(x.shape, dtype=x.dtype)
+    rows = [_words(t).reshape(-1, c) for t in (x, y)]
+    _run("layer_norm", rows[0].shape[0], rows[0], *_norm_params(norm), rows[1])
+    return y
+
+
 def layer_norm_plus(x: torch.Tensor, norm: torch.nn.LayerNorm, addend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, y + addend)`` with ``y = norm(x)``, in one pass over bf16 rows: ``x`` ``(B, N, C)``
     bf16, ``addend`` ``(1, N, C)`` bf16, ``norm`` over C with float32 weights. Each result is
@@ -107,6 +125,5 @@ def layer_norm_plus(x: torch.Tensor, norm: torch.nn.LayerNorm, addend: torch.Ten
     c = x.shape[-1]
     y, y_plus = torch.empty_like(x), torch.empty_like(x)
     rows = [_words(t).reshape(-1, c) for t in (x, addend, y, y_plus)]
-    _run("layer_norm_plus", rows[0].shape[0], rows[0], rows[1], norm.weight.detach().float().contiguous().numpy(),
-         norm.bias.detach().float().contiguous().numpy(), np.float32(norm.eps), rows[2], rows[3])
+    _run("layer_norm_plus", rows[0].shape[0], rows[0], rows[1], *_norm_params(norm), rows[2], rows[3])
     return y, y_plus
