@@ -3,10 +3,11 @@ it keeps between prompts changes no result and never outlives the weights."""
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
-from anyseg.kernels import layer_norm, layer_norm_plus, mask_product
+from anyseg.kernels import gelu_words, layer_norm, layer_norm_plus, mask_product
 from anyseg.models.mask_decoder import MaskDecoder, MaskDecoderConfig, _from_blocks
 
 
@@ -31,7 +32,7 @@ def test_blocked_upscale_matches_the_layer_stack():
     b, h, w = 2, 4, 6
     x = torch.randn(b, 32, h, w)
     feat_s0, feat_s1 = torch.randn(1, 4, 4 * h, 4 * w), torch.randn(1, 8, 2 * h, 2 * w)
-    up = dec._upscale(x.flatten(2).transpose(1, 2), [feat_s0, feat_s1])  # (B, 16 h w, C/8)
+    up = dec.output_upscaling[4](dec._upscale(x.flatten(2).transpose(1, 2), [feat_s0, feat_s1]))  # (B, 16 h w, C/8)
     hyper = torch.randn(b, 3, 4)
     masks = torch.einsum("bnc,bkc->bnk", up, hyper)
     expected = torch.einsum("bchw,bkc->bkhw", reference_upscale(dec, x, feat_s0, feat_s1), hyper)
@@ -48,6 +49,29 @@ def test_compiled_mask_product_matches_product_then_reorder(dtype, loop_threads)
     got = mask_product(feats, hyper, h, w)
     assert got.dtype == torch.float32 and got.shape == (b, 4, 4 * h, 4 * w)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gelu_table_is_torchs_bf16_gelu():
+    special = [0.0, -0.0, 1e-40, -1e-40, 3e38, -3e38, float("inf"), -float("inf"), float("nan")]
+    x = torch.cat([torch.randn(10_000, generator=torch.Generator().manual_seed(0)) * 4, torch.tensor(special)])
+    words = x.bfloat16().view(torch.int16)
+    looked_up = gelu_words()[words.numpy().view(np.uint16)].view(np.int16)
+    assert np.array_equal(looked_up, torch.nn.functional.gelu(words.view(torch.bfloat16)).view(torch.int16).numpy())
+
+
+@torch.inference_mode()
+def test_compiled_norm_then_gelu_and_gelu_then_product(loop_threads):
+    # the GELUs of the bf16 upscaling are lookups of torch's own: as torch after the norm,
+    # and inside the mask product
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(103, 64, generator=g) * 3).bfloat16()
+    norm = torch.nn.LayerNorm(64, eps=1e-6)
+    assert torch.equal(layer_norm(x, norm, gelu=True), torch.nn.functional.gelu(layer_norm(x, norm)))
+    b, h, w, c = 2, 5, 3, 8
+    feats = torch.randn(b, 16 * h * w, c, generator=g).bfloat16()
+    hyper = torch.randn(b, 4, c, generator=g)
+    torch.testing.assert_close(mask_product(feats, hyper, h, w, gelu=True),
+                               mask_product(torch.nn.functional.gelu(feats), hyper, h, w), rtol=0, atol=0)
 
 
 @torch.inference_mode()

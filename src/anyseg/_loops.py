@@ -55,7 +55,7 @@ def blend_rows_threshold(start, stop, rows, peaks, taps, weights, threshold, out
 
 # the 32-term dot products may be summed in any order
 @numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
-def mask_product(start, stop, words, bf16, hyper, h, w, out):
+def mask_product(start, stop, words, bf16, gelu, table, hyper, h, w, out):
     c = hyper.shape[2]
     wide = np.empty(c, np.uint32)
     row = wide.view(np.float32)
@@ -64,7 +64,10 @@ def mask_product(start, stop, words, bf16, hyper, h, w, out):
         for j in range(w):
             base = (i * w + j) * 16
             for s in range(16):
-                if bf16:
+                if gelu:  # bf16 words through the activation's table
+                    for ch in range(c):
+                        wide[ch] = np.uint32(table[words[b, base + s, ch]]) << 16
+                elif bf16:
                     for ch in range(c):
                         wide[ch] = np.uint32(words[b, base + s, ch]) << 16
                 else:  # little-endian float32: low word first
@@ -124,15 +127,19 @@ _GROUP = 4  # rows per group of _norm_stats
 
 # the row sums may be taken in any order
 @numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
-def layer_norm(start, stop, x, weight, bias, eps, y):
+def layer_norm(start, stop, x, weight, bias, eps, gelu, table, y):
     scale, shift = np.empty(_GROUP, np.float32), np.empty(_GROUP, np.float32)
     for i in range(start, stop, _GROUP):
         r = min(_GROUP, stop - i)
         _norm_stats(x, i, r, eps, scale, shift)
         for k in range(r):
             xi, yi, a, b = x[i + k], y[i + k], scale[k], shift[k]
-            for j in range(x.shape[1]):
-                yi[j] = _narrow((_widen(xi[j]) * a + b) * weight[j] + bias[j])
+            if gelu:  # the activation of each bf16 result from its table
+                for j in range(x.shape[1]):
+                    yi[j] = table[_narrow((_widen(xi[j]) * a + b) * weight[j] + bias[j])]
+            else:
+                for j in range(x.shape[1]):
+                    yi[j] = _narrow((_widen(xi[j]) * a + b) * weight[j] + bias[j])
 
 
 @numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
@@ -219,11 +226,12 @@ def blend_rows_threshold_team(data):
 def mask_product_team(data):
     d = numba.carray(data, (64,), np.int64)
     words = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.uint16)
-    hyper = numba.carray(_pointer(d[8]), (d[9], d[10], d[11]), np.float32)
-    out = numba.carray(_pointer(d[14]), (d[15], d[16], d[17], d[18]), np.float32)
+    table = numba.carray(_pointer(d[9]), (d[10],), np.uint16)
+    hyper = numba.carray(_pointer(d[11]), (d[12], d[13], d[14]), np.float32)
+    out = numba.carray(_pointer(d[17]), (d[18], d[19], d[20], d[21]), np.float32)
     start, stop = _next_part(d)
     while start < stop:
-        mask_product(start, stop, words, d[7] != 0, hyper, d[12], d[13], out)
+        mask_product(start, stop, words, d[7] != 0, d[8] != 0, table, hyper, d[15], d[16], out)
         start, stop = _next_part(d)
 
 
@@ -250,8 +258,9 @@ def layer_norm_team(data):
     weight = numba.carray(_pointer(d[6]), (d[7],), np.float32)
     bias = numba.carray(_pointer(d[8]), (d[9],), np.float32)
     eps = numba.carray(_pointer(d[10]), (d[11],), np.float32)[0]
-    y = numba.carray(_pointer(d[12]), (d[13], d[14]), np.uint16)
+    table = numba.carray(_pointer(d[13]), (d[14],), np.uint16)
+    y = numba.carray(_pointer(d[15]), (d[16], d[17]), np.uint16)
     start, stop = _next_part(d)
     while start < stop:
-        layer_norm(start, stop, x, weight, bias, eps, y)
+        layer_norm(start, stop, x, weight, bias, eps, d[12] != 0, table, y)
         start, stop = _next_part(d)

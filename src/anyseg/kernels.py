@@ -84,19 +84,31 @@ def blend_rows_threshold(rows: np.ndarray, peaks: np.ndarray, taps: np.ndarray, 
     _run("blend_rows_threshold", out.shape[1], rows, peaks, taps, weights, np.float32(threshold), out)
 
 
-def mask_product(features: torch.Tensor, hyper: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def mask_product(features: torch.Tensor, hyper: torch.Tensor, h: int, w: int, gelu: bool = False) -> torch.Tensor:
     """Masks from upscaled features in the blocked pixel order of two 2x2 transposed
     convolutions: ``features`` ``(B, 16 h w, C)`` (fp32 or bf16; row ``16 (i w + j) + 4 s1
     + s2`` is pixel ``(4 i + 2 (s1 >> 1) + (s2 >> 1), 4 j + 2 (s1 & 1) + (s2 & 1))``),
     ``hyper`` ``(B, K, C)``: ``(B, K, 4h, 4w)`` float32 logits, written in raster order
-    directly (the same as ``features @ hyper^T`` reordered, in about half the time)."""
+    directly (the same as ``features @ hyper^T`` reordered, in about half the time).
+    ``gelu``: the product is of ``gelu(features)`` (bf16 only; see :func:`gelu_words`)."""
     b = features.shape[0]
     out = torch.empty(b, hyper.shape[1], 4 * h, 4 * w)
     bf16 = features.dtype == torch.bfloat16
+    assert bf16 or not gelu, "the activation's table is of bf16 values"
     # the loop reads 16-bit words: one per bf16 value, two per float32
     words = _words(features if bf16 else features.float())
-    _run("mask_product", b * h, words, bf16, hyper.float().contiguous().numpy(), h, w, out.numpy())
+    _run("mask_product", b * h, words, bf16, gelu, gelu_words(), hyper.float().contiguous().numpy(), h, w,
+         out.numpy())
     return out
+
+
+@functools.cache
+def gelu_words() -> np.ndarray:
+    """Torch's exact GELU of every bf16 value, as a table of bf16 words indexed by the
+    input's word (65536 entries, computed once by torch): a lookup is the same function as
+    torch's bf16 GELU, to the bit, and on CPU costs less than evaluating it."""
+    every = torch.from_numpy(np.arange(2**16, dtype=np.uint16).view(np.int16)).view(torch.bfloat16)
+    return _words(torch.nn.functional.gelu(every))
 
 
 def _norm_params(norm: torch.nn.Module) -> list:
@@ -105,15 +117,16 @@ def _norm_params(norm: torch.nn.Module) -> list:
             np.float32(norm.eps)]
 
 
-def layer_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+def layer_norm(x: torch.Tensor, norm: torch.nn.Module, gelu: bool = False) -> torch.Tensor:
     """``norm(x)`` over the last axis of bf16 ``x`` ``(..., C)``, for an affine layer norm
     ``norm`` (``weight`` and ``bias`` ``(C,)``, ``eps``): float32 statistics, the result
     rounded to bf16 as torch rounds it (the statistics may differ from torch's in float32
-    rounding)."""
+    rounding). ``gelu``: ``gelu(norm(x))``, the GELU of the rounded result as torch's
+    (:func:`gelu_words`)."""
     c = x.shape[-1]
     y = torch.empty(x.shape, dtype=x.dtype)
     rows = [_words(t).reshape(-1, c) for t in (x, y)]
-    _run("layer_norm", rows[0].shape[0], rows[0], *_norm_params(norm), rows[1])
+    _run("layer_norm", rows[0].shape[0], rows[0], *_norm_params(norm), gelu, gelu_words(), rows[1])
     return y
 
 

@@ -93,12 +93,12 @@ class ImageSide:
     projected: ImageProjections | None = None
 
 
-def _layer_norm(x: torch.Tensor, norm: LayerNorm2d) -> torch.Tensor:
-    """``norm`` over the last axis of ``x``; for bf16 on the CPU, the compiled loop
-    (:func:`~anyseg.kernels.layer_norm`: torch's takes 2x as long on rows of 32 or 64)."""
-    if x.device.type == "cpu" and x.dtype == torch.bfloat16 and not torch.is_grad_enabled():
-        return layer_norm(x, norm)
-    return F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps)
+def _compiled(x: torch.Tensor) -> bool:
+    """Whether the upscaling's norm, GELUs and mask product run as the compiled loops of
+    :mod:`anyseg.kernels` (bf16 on the CPU, no gradients): torch's norm takes 2x as long on
+    rows of 32 or 64, and the GELUs (SAM's are exact, ``nn.GELU()``) become lookups of
+    torch's own bf16 results."""
+    return x.device.type == "cpu" and x.dtype == torch.bfloat16 and not torch.is_grad_enabled()
 
 
 def _is_broadcast(dense: torch.Tensor) -> bool:
@@ -181,12 +181,16 @@ class MaskDecoder(nn.Module):
         iou_token_out = hs[:, first, :]
         mask_tokens_out = hs[:, first + 1 : first + 1 + self.num_mask_tokens, :]
 
-        up = self._upscale(src, high_res_features)  # (B, 16 h w, C/8), in blocks
+        up = self._upscale(src, high_res_features)  # (B, 16 h w, C/8), in blocks, before the last GELU
         hyper_in = self._hypernetworks(mask_tokens_out, masks_of)
-        if up.device.type == "cpu" and not torch.is_grad_enabled():
-            masks = mask_product(up, hyper_in, h, w)  # fp32, in raster order
-        else:
-            masks = _from_blocks(up @ hyper_in.transpose(1, 2).to(up.dtype), h, w, levels=2)
+        if _compiled(up):  # the GELU inside the product
+            masks = mask_product(up, hyper_in, h, w, gelu=True)  # fp32, in raster order
+        else:  # without gradients the GELU runs in place: no new 8 MB buffer
+            up = self.output_upscaling[4](up) if torch.is_grad_enabled() else torch.ops.aten.gelu_(up)
+            if up.device.type == "cpu" and not torch.is_grad_enabled():
+                masks = mask_product(up, hyper_in, h, w)
+            else:
+                masks = _from_blocks(up @ hyper_in.transpose(1, 2).to(up.dtype), h, w, levels=2)
 
         iou = self.iou_prediction_head(iou_token_out)
         if not object_score:
@@ -198,23 +202,25 @@ class MaskDecoder(nn.Module):
         return DecoderOutput(masks, iou, mask_tokens_out, score)
 
     def _upscale(self, x: torch.Tensor, high_res_features: list[torch.Tensor] | None) -> torch.Tensor:
-        """``output_upscaling`` (with SAM 2's high-res skips) on image tokens ``(B, h w, C)``:
+        """``output_upscaling`` (with SAM 2's high-res skips) on image tokens ``(B, h w, C)``
+        up to its last GELU (which the caller applies, see :meth:`predict_all`):
         ``(B, 16 h w, C/8)`` with the pixels in the blocked order of :func:`_to_blocks`.
 
         Each transposed convolution is one matrix product whose output sub-pixels are left
         where the product puts them (never transposed back into raster order): layer norm,
         GELU and the mask product are per pixel, so only the final masks are reordered.
         """
-        dc1, ln1, act1, dc2, act2 = self.output_upscaling
+        dc1, ln1, act1, dc2, _ = self.output_upscaling
         b, n, _ = x.shape
         add1, add2 = self._skips(high_res_features)
-        # without gradients the GELUs run in place: no new 2 MB / 8 MB buffers
-        gelu1, gelu2 = (act1, act2) if torch.is_grad_enabled() else (torch.ops.aten.gelu_,) * 2
         w1, w2 = self._deconv_of.get((dc1.weight, dc2.weight), lambda: (_deconv_weight(dc1), _deconv_weight(dc2)))
         x = torch.baddbmm(add1, x, w1.expand(b, -1, -1)).reshape(b, 4 * n, -1)
-        x = gelu1(_layer_norm(x, ln1))
-        x = torch.baddbmm(add2, x, w2.expand(b, -1, -1)).reshape(b, 16 * n, -1)
-        return gelu2(x)
+        if _compiled(x):  # the norm and the GELU in one pass
+            x = layer_norm(x, ln1, gelu=True)
+        else:  # without gradients the GELU runs in place: no new 2 MB buffer
+            gelu = act1 if torch.is_grad_enabled() else torch.ops.aten.gelu_
+            x = gelu(F.layer_norm(x, x.shape[-1:], ln1.weight, ln1.bias, ln1.eps))
+        return torch.baddbmm(add2, x, w2.expand(b, -1, -1)).reshape(b, 16 * n, -1)
 
     def _hypernetworks(self, tokens: torch.Tensor, wanted: slice) -> torch.Tensor:
         """The hypernetwork MLPs of the ``wanted`` mask tokens on their outputs ``tokens``
