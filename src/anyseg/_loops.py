@@ -134,12 +134,11 @@ def layer_norm(start, stop, x, weight, bias, eps, gelu, table, y):
         _norm_stats(x, i, r, eps, scale, shift)
         for k in range(r):
             xi, yi, a, b = x[i + k], y[i + k], scale[k], shift[k]
-            if gelu:  # the activation of each bf16 result from its table
-                for j in range(x.shape[1]):
-                    yi[j] = table[_narrow((_widen(xi[j]) * a + b) * weight[j] + bias[j])]
-            else:
-                for j in range(x.shape[1]):
-                    yi[j] = _narrow((_widen(xi[j]) * a + b) * weight[j] + bias[j])
+            for j in range(x.shape[1]):
+                yi[j] = _narrow((_widen(xi[j]) * a + b) * weight[j] + bias[j])
+            if gelu:  # the activation of each bf16 result from its table (a loop of its own:
+                for j in range(x.shape[1]):  # the lookups would keep the norm's from vectorising)
+                    yi[j] = table[yi[j]]
 
 
 @numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
@@ -152,9 +151,9 @@ def layer_norm_plus(start, stop, x, addend, weight, bias, eps, y, y_plus):
             xi, yi, pi, a, b = x[i + k], y[i + k], y_plus[i + k], scale[k], shift[k]
             ai = addend[(i + k) % addend.shape[0]]
             for j in range(x.shape[1]):
-                word = _narrow((_widen(xi[j]) * a + b) * weight[j] + bias[j])
-                yi[j] = word
-                pi[j] = _narrow(_widen(word) + _widen(ai[j]))
+                yi[j] = _narrow((_widen(xi[j]) * a + b) * weight[j] + bias[j])
+            for j in range(x.shape[1]):  # apart: one loop writing both does not vectorise
+                pi[j] = _narrow(_widen(yi[j]) + _widen(ai[j]))
 
 
 @intrinsic
