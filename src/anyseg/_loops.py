@@ -103,10 +103,11 @@ def _narrow(value):
 
 
 @numba.njit(inline="always")
-def _norm_stats(x, start, r, eps, scale, shift):
-    """Layer-norm statistics of the bf16 rows ``x[start : start + r]``: ``scale[k]`` =
-    1 / std, ``shift[k]`` = -mean / std (float32, two passes). Rows go in groups, so that
-    their sums' reductions overlap (one row's alone is a chain of dependent steps)."""
+def _norm_rows(x, start, r, weight, bias, eps, scale, shift, y):
+    """``y[start : start + r]`` = the layer norm of the bf16 rows ``x[start : start + r]``,
+    rounded to bf16 (float32 statistics in two passes; ``scale`` and ``shift`` hold the
+    rows' 1 / std and -mean / std). The rows go in groups, so that their sums' reductions
+    overlap (one row's alone is a chain of dependent steps)."""
     c = x.shape[1]
     for k in range(r):
         xi = x[start + k]
@@ -120,40 +121,34 @@ def _norm_stats(x, start, r, eps, scale, shift):
             total += d * d
         scale[k] = np.float32(1) / np.sqrt(total / np.float32(c) + eps)
         shift[k] = -mean * scale[k]
+    for k in range(r):
+        xi, yi, a, b = x[start + k], y[start + k], scale[k], shift[k]
+        for j in range(c):
+            yi[j] = _narrow((_widen(xi[j]) * a + b) * weight[j] + bias[j])
 
 
-_GROUP = 4  # rows per group of _norm_stats
+_GROUP = 4  # rows per group of _norm_rows
 
 
-# the row sums may be taken in any order
+# the row sums may be taken in any order. The results are read back in loops of their own
+# (the GELU lookups, the sum): a loop that also wrote them would not vectorise.
 @numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
-def layer_norm(start, stop, x, weight, bias, eps, gelu, table, y):
+def layer_norm(start, stop, x, weight, bias, eps, gelu, table, addend, y, y_plus):
+    """``y`` = the layer norm of ``x``, then (``gelu``) its GELU from ``table``; and, where
+    ``y_plus`` has rows, ``y_plus`` = ``y + addend`` (``addend``'s rows repeating)."""
     scale, shift = np.empty(_GROUP, np.float32), np.empty(_GROUP, np.float32)
     for i in range(start, stop, _GROUP):
         r = min(_GROUP, stop - i)
-        _norm_stats(x, i, r, eps, scale, shift)
+        _norm_rows(x, i, r, weight, bias, eps, scale, shift, y)
         for k in range(r):
-            xi, yi, a, b = x[i + k], y[i + k], scale[k], shift[k]
-            for j in range(x.shape[1]):
-                yi[j] = _narrow((_widen(xi[j]) * a + b) * weight[j] + bias[j])
-            if gelu:  # the activation of each bf16 result from its table (a loop of its own:
-                for j in range(x.shape[1]):  # the lookups would keep the norm's from vectorising)
+            yi = y[i + k]
+            if gelu:
+                for j in range(x.shape[1]):
                     yi[j] = table[yi[j]]
-
-
-@numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
-def layer_norm_plus(start, stop, x, addend, weight, bias, eps, y, y_plus):
-    scale, shift = np.empty(_GROUP, np.float32), np.empty(_GROUP, np.float32)
-    for i in range(start, stop, _GROUP):
-        r = min(_GROUP, stop - i)
-        _norm_stats(x, i, r, eps, scale, shift)
-        for k in range(r):
-            xi, yi, pi, a, b = x[i + k], y[i + k], y_plus[i + k], scale[k], shift[k]
-            ai = addend[(i + k) % addend.shape[0]]
-            for j in range(x.shape[1]):
-                yi[j] = _narrow((_widen(xi[j]) * a + b) * weight[j] + bias[j])
-            for j in range(x.shape[1]):  # apart: one loop writing both does not vectorise
-                pi[j] = _narrow(_widen(yi[j]) + _widen(ai[j]))
+            if y_plus.shape[0]:
+                pi, ai = y_plus[i + k], addend[(i + k) % addend.shape[0]]
+                for j in range(x.shape[1]):
+                    pi[j] = _narrow(_widen(yi[j]) + _widen(ai[j]))
 
 
 @intrinsic
@@ -235,22 +230,6 @@ def mask_product_team(data):
 
 
 @numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
-def layer_norm_plus_team(data):
-    d = numba.carray(data, (64,), np.int64)
-    x = numba.carray(_pointer(d[3]), (d[4], d[5]), np.uint16)
-    addend = numba.carray(_pointer(d[6]), (d[7], d[8]), np.uint16)
-    weight = numba.carray(_pointer(d[9]), (d[10],), np.float32)
-    bias = numba.carray(_pointer(d[11]), (d[12],), np.float32)
-    eps = numba.carray(_pointer(d[13]), (d[14],), np.float32)[0]
-    y = numba.carray(_pointer(d[15]), (d[16], d[17]), np.uint16)
-    y_plus = numba.carray(_pointer(d[18]), (d[19], d[20]), np.uint16)
-    start, stop = _next_part(d)
-    while start < stop:
-        layer_norm_plus(start, stop, x, addend, weight, bias, eps, y, y_plus)
-        start, stop = _next_part(d)
-
-
-@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
 def layer_norm_team(data):
     d = numba.carray(data, (64,), np.int64)
     x = numba.carray(_pointer(d[3]), (d[4], d[5]), np.uint16)
@@ -258,8 +237,10 @@ def layer_norm_team(data):
     bias = numba.carray(_pointer(d[8]), (d[9],), np.float32)
     eps = numba.carray(_pointer(d[10]), (d[11],), np.float32)[0]
     table = numba.carray(_pointer(d[13]), (d[14],), np.uint16)
-    y = numba.carray(_pointer(d[15]), (d[16], d[17]), np.uint16)
+    addend = numba.carray(_pointer(d[15]), (d[16], d[17]), np.uint16)
+    y = numba.carray(_pointer(d[18]), (d[19], d[20]), np.uint16)
+    y_plus = numba.carray(_pointer(d[21]), (d[22], d[23]), np.uint16)
     start, stop = _next_part(d)
     while start < stop:
-        layer_norm(start, stop, x, weight, bias, eps, d[12] != 0, table, y)
+        layer_norm(start, stop, x, weight, bias, eps, d[12] != 0, table, addend, y, y_plus)
         start, stop = _next_part(d)

@@ -123,20 +123,23 @@ def layer_norm(x: torch.Tensor, norm: torch.nn.Module, gelu: bool = False) -> to
     rounded to bf16 as torch rounds it (the statistics may differ from torch's in float32
     rounding). ``gelu``: ``gelu(norm(x))``, the GELU of the rounded result as torch's
     (:func:`gelu_words`)."""
+    return _layer_norm(x, norm, gelu, None)[0]
+
+
+def layer_norm_plus(x: torch.Tensor, norm: torch.nn.Module, addend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, y + addend)`` with ``y = norm(x)`` as :func:`layer_norm`, in one pass: ``x``
+    ``(B, N, C)``, ``addend`` ``(1, N, C)``, both bf16; the sum rounded to bf16 as torch
+    rounds it."""
+    return _layer_norm(x, norm, False, addend)
+
+
+def _layer_norm(x: torch.Tensor, norm: torch.nn.Module, gelu: bool,
+                addend: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, y + addend)`` from the one norm loop (an empty second result without ``addend``)."""
     c = x.shape[-1]
     y = torch.empty(x.shape, dtype=x.dtype)
-    rows = [_words(t).reshape(-1, c) for t in (x, y)]
-    _run("layer_norm", rows[0].shape[0], rows[0], *_norm_params(norm), gelu, gelu_words(), rows[1])
-    return y
-
-
-def layer_norm_plus(x: torch.Tensor, norm: torch.nn.LayerNorm, addend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(y, y + addend)`` with ``y = norm(x)``, in one pass over bf16 rows: ``x`` ``(B, N, C)``
-    bf16, ``addend`` ``(1, N, C)`` bf16, ``norm`` over C with float32 weights. Each result is
-    rounded to bf16 as torch rounds it (``y`` before the sum); the statistics may differ
-    from torch's in float32 rounding."""
-    c = x.shape[-1]
-    y, y_plus = torch.empty_like(x), torch.empty_like(x)
+    y_plus = torch.empty(x.shape if addend is not None else (0, c), dtype=x.dtype)
+    addend = torch.empty(0, c, dtype=x.dtype) if addend is None else addend
     rows = [_words(t).reshape(-1, c) for t in (x, addend, y, y_plus)]
-    _run("layer_norm_plus", rows[0].shape[0], rows[0], rows[1], *_norm_params(norm), rows[2], rows[3])
+    _run("layer_norm", rows[0].shape[0], rows[0], *_norm_params(norm), gelu, gelu_words(), *rows[1:])
     return y, y_plus
