@@ -24,8 +24,8 @@ _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
 @numba.njit(**_OPTIONS)
 def blend_rows_threshold(start, stop, rows, peaks, taps, weights, threshold, out):
     n_taps = taps.shape[1]
-    for i in range(start, stop):
-        for k in range(rows.shape[0]):
+    for k in range(rows.shape[0]):  # per map: the next output row reads the same rows, still in L1
+        for i in range(start, stop):
             o = out[k, i]
             bound = peaks[k, taps[i, 0]] * weights[i, 0]
             for t in range(1, n_taps):
