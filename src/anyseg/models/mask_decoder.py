@@ -289,15 +289,17 @@ class MaskDecoder(nn.Module):
         return self.output_upscaling[0].weight.dtype
 
     def copy_in(self, dtype: torch.dtype) -> "MaskDecoder":
-        """A copy of this decoder that decodes the image side in ``dtype``: the image tokens
-        and the upscaling (their weights cast once, here) are in ``dtype``; the prompt and
-        output tokens and their layers stay fp32 (see :mod:`two_way_transformer`). Keep
-        the image features in ``dtype`` too, or they are cast once per image. Autocast
-        would instead cast every weight on every call, which on CPU costs more than it
-        saves."""
+        """A copy of this decoder that decodes the image side in ``dtype``: the image tokens,
+        the upscaling and the transformer's token MLPs (their weights cast once, here) are in
+        ``dtype``; the prompt and output tokens and their other layers stay fp32 (see
+        :mod:`two_way_transformer`). Keep the image features in ``dtype`` too, or they are
+        cast once per image. Autocast would instead cast every weight on every call, which
+        on CPU costs more than it saves."""
         twin = MaskDecoder(self.cfg).to(self.iou_token.weight.device)
         twin.load_state_dict(self.state_dict())
         twin.output_upscaling.to(dtype)
+        for layer in twin.transformer.layers:
+            layer.mlp.to(dtype)
         return twin.train(self.training)
 
     def _load_from_state_dict(self, *args, **kwargs):

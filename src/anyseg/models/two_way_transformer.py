@@ -10,10 +10,12 @@ of the cost of a click. The first block's image-side projections do not depend o
 prompt (with no mask prompt); the mask decoder computes them once per image
 (:class:`ImageProjections`), and that block then attends directly.
 
-The image tokens may be in a reduced type (bf16 / fp16) while the tokens and every weight
-stay fp32: the token side is a few vectors, whose products cost more in a reduced type
-(per-call weight packing) than they save. Token-side results are cast to the image type
-where they meet the image, and back.
+The image tokens may be in a reduced type (bf16 / fp16) while the tokens stay fp32, and so
+do the weights of most token-side products: they are of a few vectors, and cost more in a
+reduced type (per-call weight packing) than they save. The token MLPs are the exception:
+their 2 x 256 x 2048 weights are most of what a click reads, in a reduced type half as
+many bytes, which pays (a decoder's reduced copy keeps them so, ``MaskDecoder.copy_in``).
+Token-side results are cast to the image type where they meet the image, and back.
 """
 
 from __future__ import annotations
@@ -165,6 +167,12 @@ class TwoWayAttentionBlock(nn.Module):
             heads(project(i2t.q_proj, k), i2t).transpose(1, 2).contiguous(),
         )
 
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """The token MLP in its weights' type (a decoder's reduced copy keeps them in bf16 /
+        fp16: see the module's docstring), the result in ``x``'s."""
+        dtype = next(self.mlp.parameters()).dtype
+        return self.mlp(x.to(dtype)).to(x.dtype)
+
     def forward(self, queries, keys, query_pe, key_pe, projected: ImageProjections | None = None,
                 own_keys: bool = False, keys_pe: torch.Tensor | None = None):
         """``queries`` ``(B, Nq, C)`` tokens, ``keys`` ``(B, HW, C)`` image; returns both updated,
@@ -186,7 +194,7 @@ class TwoWayAttentionBlock(nn.Module):
             k = None
             attn = tokens_to_projected_image(t2i, queries + query_pe, projected.keys, projected.values)
         queries = self.norm2(queries + attn)
-        queries = self.norm3(queries + self.mlp(queries))
+        queries = self.norm3(queries + self._mlp(queries))
 
         q = queries + query_pe
         q_projected = None if projected is None else projected.queries
