@@ -182,7 +182,11 @@ def test_reduced_precision_copy():
     inputs = prompt_inputs(dec)
     half = dec.copy_in(torch.bfloat16)
     assert half.image_dtype == torch.bfloat16 and dec.image_dtype == torch.float32
-    assert half.iou_token.weight.dtype == torch.float32  # the token side stays fp32
+    assert half.iou_token.weight.dtype == torch.float32  # the token side stays fp32,
+    for layer in half.transformer.layers:  # but for its MLPs (the largest weights a click reads)
+        assert {p.dtype for p in layer.mlp.parameters()} == {torch.bfloat16}
+        assert layer.self_attn.q_proj.weight.dtype == torch.float32
+    assert {p.dtype for p in dec.parameters()} == {torch.float32}
     out, ref = half.predict_all(*inputs), dec.predict_all(*inputs)
     assert out.masks.dtype == torch.float32 and out.iou.dtype == torch.float32  # masks: see mask_product
     torch.testing.assert_close(out.iou, ref.iou, atol=0.02, rtol=0)
