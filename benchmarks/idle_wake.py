@@ -54,7 +54,8 @@ def main() -> None:
         return
     rows = {}
     for threads in (1, 2):
-        cmd = [sys.executable, __file__, "--child", str(threads), "--pause", str(args.pause), "--repeat", str(args.repeat)]
+        cmd = [sys.executable, __file__, "--child", str(threads),
+               "--pause", str(args.pause), "--repeat", str(args.repeat)]
         rows[f"{threads}_threads"] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     path = write_results("idle_wake", {"pause_s": args.pause, "repeat": args.repeat, "medians": rows})
     print(json.dumps(rows, indent=2))

@@ -4,8 +4,9 @@
 and ``"fp16"`` run the image encoder and the video tracker's matrix products, convolutions
 and attention under autocast in that type (weights stay fp32), and the image side and the
 token MLPs of the image predictors' mask decoder on a copy of its weights
-(``MaskDecoder.copy_in``; the prompt tokens stay fp32): several times faster on CPUs with AMX/AVX-512-BF16 and on GPUs, at an
-accuracy cost measured in ``benchmarks/precision_accuracy.py``.
+(``MaskDecoder.copy_in``; the prompt tokens stay fp32): several times faster on CPUs with
+AMX/AVX-512-BF16 and on GPUs, at an accuracy cost measured in
+``benchmarks/precision_accuracy.py``.
 """
 
 from __future__ import annotations
