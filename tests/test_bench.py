@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -122,6 +124,21 @@ def test_side_by_side_round(samples_dir, tmp_path, monkeypatch):
     assert "cores; torch" in table and "| sam2.1_hiera_t | click | fp32 |" in table
     assert "| sam2.1_hiera_t | click | bf16 |" in table
     assert report["settings"]["pause"] == 0.05 and "(0.05 s idle before each)" in table
+
+
+@pytest.mark.parametrize("code, preset, expected", [
+    ("import anyseg", None, "1"), ("import anyseg", "0", "0"), ("import torch, anyseg", None, "0")])
+def test_huge_page_buffers(code, preset, expected):
+    """Imported before torch, anyseg turns torch's huge-page buffers on unless the environment
+    says otherwise (torch reads the setting once); the bench names the setting, which both
+    sides inherit."""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    env |= {} if preset is None else {"THP_MEM_ALLOC_ENABLE": preset}
+    script = f"{code}; from anyseg import bench; print(bench.machine()['thp_alloc'])"
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
+    report = {"machine": bench.machine() | {"thp_alloc": expected}, "date": "", "settings": {"repeat": 1}, "results": []}
+    assert ("both sides: THP_MEM_ALLOC_ENABLE=1" in bench.markdown(report)) == (expected == "1")
 
 
 def test_failing_side_is_reported(tmp_path, monkeypatch):

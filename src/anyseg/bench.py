@@ -100,7 +100,8 @@ def unavailable(model: str, measure: str) -> str | None:
 
 
 def machine() -> dict:
-    """The CPU, core count, python and torch version and thread count of this process."""
+    """The CPU, core count, python and torch version, thread count and huge-page setting of
+    torch's allocator (``THP_MEM_ALLOC_ENABLE``: anyseg sets it; both sides inherit it)."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -112,7 +113,8 @@ def machine() -> dict:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0")}
 
 
 def peak_rss_mib() -> float:
@@ -553,6 +555,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, {m['torch_threads']} threads"
         + (f"; official side: torch {', '.join(sorted(official_torch))}" if official_torch else "")
+        + ("; both sides: THP_MEM_ALLOC_ENABLE=1" if m.get("thp_alloc") == "1" else "")
         + f". {report['date']}; {report['settings']['repeat']} repeats, calls alternating between the sides"
         + f" ({report['settings'].get('pause', 0)} s idle before each); "
         "medians. Ratio: the median over pairs of official time / anyseg time (memory: official / anyseg). "
