@@ -124,6 +124,7 @@ def test_side_by_side_round(samples_dir, tmp_path, monkeypatch):
     assert "cores; torch" in table and "| sam2.1_hiera_t | click | fp32 |" in table
     assert "| sam2.1_hiera_t | click | bf16 |" in table
     assert report["settings"]["pause"] == 0.05 and "(0.05 s idle before each)" in table
+    assert ("both sides: THP_MEM_ALLOC_ENABLE=1" in table) == (os.environ.get("THP_MEM_ALLOC_ENABLE") == "1")
 
 
 @pytest.mark.parametrize("code, preset, expected", [
@@ -138,7 +139,7 @@ def test_huge_page_buffers(code, preset, expected):
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
     report = {"machine": bench.machine() | {"thp_alloc": expected}, "date": "", "settings": {"repeat": 1}, "results": []}
-    assert ("both sides: THP_MEM_ALLOC_ENABLE=1" in bench.markdown(report)) == (expected == "1")
+    assert ("; THP_MEM_ALLOC_ENABLE=1" in bench.markdown(report)) == (expected == "1")
 
 
 def test_failing_side_is_reported(tmp_path, monkeypatch):

@@ -555,7 +555,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, {m['torch_threads']} threads"
         + (f"; official side: torch {', '.join(sorted(official_torch))}" if official_torch else "")
-        + ("; both sides: THP_MEM_ALLOC_ENABLE=1" if m.get("thp_alloc") == "1" else "")
+        + (f"; {'both sides: ' if official_torch else ''}THP_MEM_ALLOC_ENABLE=1" if m.get("thp_alloc") == "1" else "")
         + f". {report['date']}; {report['settings']['repeat']} repeats, calls alternating between the sides"
         + f" ({report['settings'].get('pause', 0)} s idle before each); "
         "medians. Ratio: the median over pairs of official time / anyseg time (memory: official / anyseg). "
