@@ -95,6 +95,26 @@ def test_compiled_layer_norm_plus_rounds_as_torch(loop_threads):
     assert torch.equal(y_plus, (y.float() + addend.float()).bfloat16())
 
 
+@torch.inference_mode()
+def test_compiled_layer_norm_in_place(loop_threads):
+    # over x's own memory, the same values as into a new buffer (with the GELU, with the sum)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(2, 301, 64, generator=g) * 3).bfloat16()
+    addend = torch.randn(1, 301, 64, generator=g).bfloat16()
+    norm = torch.nn.LayerNorm(64, eps=1e-6)
+    torch.nn.init.normal_(norm.weight, generator=g)
+    for gelu in (False, True):
+        mine = x.clone()
+        out = layer_norm(mine, norm, gelu=gelu, in_place=True)
+        assert out.data_ptr() == mine.data_ptr() and torch.equal(out, layer_norm(x, norm, gelu=gelu))
+    mine = x.clone()
+    y, y_plus = layer_norm_plus(mine, norm, addend, in_place=True)
+    want, want_plus = layer_norm_plus(x, norm, addend)
+    assert y.data_ptr() == mine.data_ptr() and torch.equal(y, want) and torch.equal(y_plus, want_plus)
+    with pytest.raises(AssertionError, match="contiguous"):
+        layer_norm(x.transpose(0, 1), norm, in_place=True)
+
+
 @pytest.mark.parametrize("c", [32, 64, 256])
 @torch.inference_mode()
 def test_compiled_layer_norm_rounds_as_torch(c, loop_threads):

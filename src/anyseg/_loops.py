@@ -104,8 +104,8 @@ def _narrow(value):
 
 @numba.njit(inline="always")
 def _norm_rows(x, start, r, weight, bias, eps, scale, shift, y):
-    """``y[start : start + r]`` = the layer norm of the bf16 rows ``x[start : start + r]``,
-    rounded to bf16 (float32 statistics in two passes; ``scale`` and ``shift`` hold the
+    """``y[start : start + r]`` (``x``'s own rows where ``y`` has none) = the layer norm of
+    the bf16 rows ``x[start : start + r]``, rounded to bf16 (float32 statistics in two passes; ``scale`` and ``shift`` hold the
     rows' 1 / std and -mean / std). The rows go in groups, so that their sums' reductions
     overlap (one row's alone is a chain of dependent steps)."""
     c = x.shape[1]
@@ -122,9 +122,14 @@ def _norm_rows(x, start, r, weight, bias, eps, scale, shift, y):
         scale[k] = np.float32(1) / np.sqrt(total / np.float32(c) + eps)
         shift[k] = -mean * scale[k]
     for k in range(r):
-        xi, yi, a, b = x[start + k], y[start + k], scale[k], shift[k]
-        for j in range(c):
-            yi[j] = _narrow((_widen(xi[j]) * a + b) * weight[j] + bias[j])
+        xi, a, b = x[start + k], scale[k], shift[k]
+        if y.shape[0]:
+            yi = y[start + k]
+            for j in range(c):
+                yi[j] = _narrow((_widen(xi[j]) * a + b) * weight[j] + bias[j])
+        else:  # in place: through x itself (an alias of x passed as y would defeat vectorisation)
+            for j in range(c):
+                xi[j] = _narrow((_widen(xi[j]) * a + b) * weight[j] + bias[j])
 
 
 _GROUP = 4  # rows per group of _norm_rows
@@ -134,14 +139,16 @@ _GROUP = 4  # rows per group of _norm_rows
 # (the GELU lookups, the sum): a loop that also wrote them would not vectorise.
 @numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
 def layer_norm(start, stop, x, weight, bias, eps, gelu, table, addend, y, y_plus):
-    """``y`` = the layer norm of ``x``, then (``gelu``) its GELU from ``table``; and, where
-    ``y_plus`` has rows, ``y_plus`` = ``y + addend`` (``addend``'s rows repeating)."""
+    """``y`` (``x`` itself where ``y`` has no rows) = the layer norm of ``x``, then
+    (``gelu``) its GELU from ``table``; and, where ``y_plus`` has rows, ``y_plus`` =
+    ``y + addend`` (``addend``'s rows repeating)."""
     scale, shift = np.empty(_GROUP, np.float32), np.empty(_GROUP, np.float32)
+    out = y if y.shape[0] else x
     for i in range(start, stop, _GROUP):
         r = min(_GROUP, stop - i)
         _norm_rows(x, i, r, weight, bias, eps, scale, shift, y)
         for k in range(r):
-            yi = y[i + k]
+            yi = out[i + k]
             if gelu:
                 for j in range(x.shape[1]):
                     yi[j] = table[yi[j]]

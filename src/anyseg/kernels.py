@@ -117,29 +117,34 @@ def _norm_params(norm: torch.nn.Module) -> list:
             np.float32(norm.eps)]
 
 
-def layer_norm(x: torch.Tensor, norm: torch.nn.Module, gelu: bool = False) -> torch.Tensor:
+def layer_norm(x: torch.Tensor, norm: torch.nn.Module, gelu: bool = False, in_place: bool = False) -> torch.Tensor:
     """``norm(x)`` over the last axis of bf16 ``x`` ``(..., C)``, for an affine layer norm
     ``norm`` (``weight`` and ``bias`` ``(C,)``, ``eps``): float32 statistics, the result
     rounded to bf16 as torch rounds it (the statistics may differ from torch's in float32
     rounding). ``gelu``: ``gelu(norm(x))``, the GELU of the rounded result as torch's
-    (:func:`gelu_words`)."""
-    return _layer_norm(x, norm, gelu, None)[0]
+    (:func:`gelu_words`). ``in_place``: written over contiguous ``x`` (its lines are in
+    the caches already: no new buffer of a few MB to bring in), which is returned."""
+    return _layer_norm(x, norm, gelu, None, in_place)[0]
 
 
-def layer_norm_plus(x: torch.Tensor, norm: torch.nn.Module, addend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(y, y + addend)`` with ``y = norm(x)`` as :func:`layer_norm`, in one pass: ``x``
-    ``(B, N, C)``, ``addend`` ``(1, N, C)``, both bf16; the sum rounded to bf16 as torch
-    rounds it."""
-    return _layer_norm(x, norm, False, addend)
+def layer_norm_plus(x: torch.Tensor, norm: torch.nn.Module, addend: torch.Tensor,
+                    in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, y + addend)`` with ``y = norm(x)`` as :func:`layer_norm` (``in_place``: ``y``
+    is ``x``), in one pass: ``x`` ``(B, N, C)``, ``addend`` ``(1, N, C)``, both bf16; the
+    sum rounded to bf16 as torch rounds it."""
+    return _layer_norm(x, norm, False, addend, in_place)
 
 
-def _layer_norm(x: torch.Tensor, norm: torch.nn.Module, gelu: bool,
-                addend: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _layer_norm(x: torch.Tensor, norm: torch.nn.Module, gelu: bool, addend: torch.Tensor | None,
+                in_place: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, y + addend)`` from the one norm loop (an empty second result without ``addend``)."""
     c = x.shape[-1]
-    y = torch.empty(x.shape, dtype=x.dtype)
-    y_plus = torch.empty(x.shape if addend is not None else (0, c), dtype=x.dtype)
-    addend = torch.empty(0, c, dtype=x.dtype) if addend is None else addend
-    rows = [_words(t).reshape(-1, c) for t in (x, addend, y, y_plus)]
+    if in_place:
+        assert x.is_contiguous(), "a norm in place needs x's own (contiguous) memory"
+    none = torch.empty(0, c, dtype=x.dtype)  # no rows: for the loop, an argument not given
+    y = x if in_place else torch.empty(x.shape, dtype=x.dtype)
+    y_plus = none if addend is None else torch.empty(x.shape, dtype=x.dtype)
+    # given no rows for y, the loop writes over x
+    rows = [_words(t).reshape(-1, c) for t in (x, none if addend is None else addend, none if in_place else y, y_plus)]
     _run("layer_norm", rows[0].shape[0], rows[0], *_norm_params(norm), gelu, gelu_words(), *rows[1:])
     return y, y_plus

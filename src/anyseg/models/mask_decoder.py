@@ -215,8 +215,8 @@ class MaskDecoder(nn.Module):
         add1, add2 = self._skips(high_res_features)
         w1, w2 = self._deconv_of.get((dc1.weight, dc2.weight), lambda: (_deconv_weight(dc1), _deconv_weight(dc2)))
         x = torch.baddbmm(add1, x, w1.expand(b, -1, -1)).reshape(b, 4 * n, -1)
-        if _compiled(x):  # the norm and the GELU in one pass
-            x = layer_norm(x, ln1, gelu=True)
+        if _compiled(x):  # the norm and the GELU in one pass, over the product's output
+            x = layer_norm(x, ln1, gelu=True, in_place=True)
         else:  # without gradients the GELU runs in place: no new 2 MB buffer
             gelu = act1 if torch.is_grad_enabled() else torch.ops.aten.gelu_
             x = gelu(F.layer_norm(x, x.shape[-1:], ln1.weight, ln1.bias, ln1.eps))

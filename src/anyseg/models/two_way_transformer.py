@@ -114,10 +114,11 @@ def image_to_tokens(attn: Attention, q: torch.Tensor | None, k: torch.Tensor, v:
 
 def norm_plus(norm: nn.LayerNorm, x: torch.Tensor, addend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(norm(x), norm(x) + addend)``; in one pass for bf16 image tokens on the CPU
-    (:func:`~anyseg.kernels.layer_norm_plus`: each is a pass over a few MB)."""
+    (:func:`~anyseg.kernels.layer_norm_plus`: each is a pass over a few MB), the norm
+    written over ``x`` (a result of :func:`image_to_tokens`, the caller's own)."""
     if (x.device.type == "cpu" and x.dtype == addend.dtype == torch.bfloat16 and addend.shape[0] == 1
-            and not torch.is_grad_enabled()):
-        return layer_norm_plus(x, norm, addend)
+            and not torch.is_grad_enabled() and x.is_contiguous()):
+        return layer_norm_plus(x, norm, addend, in_place=True)
     y = norm(x)
     return y, y + addend
 
