@@ -9,6 +9,7 @@ import torch
 
 from anyseg.kernels import gelu_words, layer_norm, layer_norm_plus, mask_product
 from anyseg.models.mask_decoder import MaskDecoder, MaskDecoderConfig, _from_blocks
+from anyseg.models.two_way_transformer import softmax_
 
 
 def reference_upscale(dec: MaskDecoder, x: torch.Tensor, feat_s0, feat_s1) -> torch.Tensor:
@@ -229,3 +230,17 @@ def test_forward_makes_only_the_masks_it_keeps(dynamic):
     single = dec(embed, pe, sparse, no_mask, False, high_res)
     expected = dec._dynamic_single_mask(every.masks, every.iou)[0] if dynamic else every.masks[:, :1]
     torch.testing.assert_close(single.masks, expected)
+
+
+def test_softmax_over_its_input():
+    # without gradients the attention's softmax writes over the scores, to the same values
+    x = torch.randn(2, 8, 8, 300, generator=torch.Generator().manual_seed(0)).bfloat16()
+    for dim in (2, -1):
+        want, mine = torch.softmax(x, dim), x.clone()
+        with torch.inference_mode():
+            out = softmax_(mine, dim)
+        assert out.data_ptr() == mine.data_ptr() and torch.equal(out, want)
+    scores = x.float().requires_grad_()
+    probs = softmax_(scores * 1, -1)  # recorded: a new tensor, differentiable
+    probs.sum().backward()
+    assert scores.grad is not None

@@ -39,6 +39,15 @@ def per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return y.reshape(h, b, t, -1).transpose(0, 1)
 
 
+def softmax_(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``softmax(x, dim)``, written over ``x`` (a product's fresh output, contiguous) where
+    no gradients are recorded: its lines are in the caches already, a new buffer's are not
+    (a click after idle time finds them cold)."""
+    if torch.is_grad_enabled():
+        return torch.softmax(x, dim)
+    return torch.softmax(x, dim, out=x)
+
+
 def tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``attn(q, k, v)`` for few queries ``(B, T, C)`` and many keys/values ``(B, N, C)``.
 
@@ -56,8 +65,8 @@ def tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.
     if k.dtype == torch.float32:
         scores = qk @ k.transpose(1, 2)  # (B, hT, N)
     else:  # bf16/fp16 product kernels want the N rows first (3x faster on AMX CPUs)
-        scores = torch.bmm(k, qk.transpose(1, 2)).transpose(1, 2)
-    probs = torch.softmax(scores, dim=-1)
+        scores = torch.bmm(k, qk.transpose(1, 2)).transpose(1, 2).contiguous()
+    probs = softmax_(scores, dim=-1)
     pv = (probs @ v).reshape(b, h, t, c).to(q.dtype)
     out = per_head(pv.transpose(1, 2), attn.v_proj.weight.reshape(h, d, c).transpose(1, 2)).transpose(1, 2)
     out = out + attn.v_proj.bias.reshape(h, d)
@@ -70,7 +79,7 @@ def tokens_to_projected_image(attn: Attention, q: torch.Tensor, keys: torch.Tens
     ``(h, N, d)`` (the layouts the two products read)."""
     d = keys.shape[1]
     qh = attn.split_heads(attn.q_proj(q) * d**-0.5).to(keys.dtype)  # (B, h, T, d)
-    out = torch.softmax(qh @ keys, dim=-1) @ values
+    out = softmax_(qh @ keys, dim=-1) @ values
     return attn.out_proj(attn.merge_heads(out).to(q.dtype))
 
 
@@ -103,7 +112,7 @@ def image_to_tokens(attn: Attention, q: torch.Tensor | None, k: torch.Tensor, v:
                                q.transpose(1, 2))
     else:  # (B, h, T, d) @ (h, d, N)
         scores = (kh.permute(0, 2, 1, 3) * scale).to(dtype) @ q_projected
-    probs = torch.softmax(scores.reshape(b, h, t, -1), dim=2).reshape(b, h * t, -1)  # (B, hT, N)
+    probs = softmax_(scores.reshape(b, h, t, -1), dim=2).reshape(b, h * t, -1)  # (B, hT, N)
     vh = attn.v_proj(v).reshape(b, t, h, d)
     fold_o = per_head(vh, attn.out_proj.weight.reshape(c, h, d).permute(1, 2, 0)) + attn.out_proj.bias / h
     values = fold_o.reshape(b, h * t, c).to(dtype)

@@ -171,8 +171,8 @@ class ImagePredictor:
         )
         logits = out.masks.float()
         masks = self.transform.binary_masks(logits, hw, self.mask_threshold)
-        if self.transform.low_res_clamp is not None:
-            logits = logits.clamp(-self.transform.low_res_clamp, self.transform.low_res_clamp)
+        if self.transform.low_res_clamp is not None:  # in place: the masks are made already
+            logits = logits.clamp_(-self.transform.low_res_clamp, self.transform.low_res_clamp)
         scores = out.iou.float().cpu().numpy()
         logits = logits.cpu().numpy()
         if not batched:
