@@ -138,7 +138,8 @@ def test_huge_page_buffers(code, preset, expected):
     script = f"{code}; from anyseg import bench; print(bench.machine()['thp_alloc'])"
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
-    report = {"machine": bench.machine() | {"thp_alloc": expected}, "date": "", "settings": {"repeat": 1}, "results": []}
+    report = {"machine": bench.machine() | {"thp_alloc": expected}, "date": "", "settings": {"repeat": 1},
+              "results": []}
     assert ("; THP_MEM_ALLOC_ENABLE=1" in bench.markdown(report)) == (expected == "1")
 
 

@@ -105,9 +105,10 @@ def _narrow(value):
 @numba.njit(inline="always")
 def _norm_rows(x, start, r, weight, bias, eps, scale, shift, y):
     """``y[start : start + r]`` (``x``'s own rows where ``y`` has none) = the layer norm of
-    the bf16 rows ``x[start : start + r]``, rounded to bf16 (float32 statistics in two passes; ``scale`` and ``shift`` hold the
-    rows' 1 / std and -mean / std). The rows go in groups, so that their sums' reductions
-    overlap (one row's alone is a chain of dependent steps)."""
+    the bf16 rows ``x[start : start + r]``, rounded to bf16 (float32 statistics in two
+    passes; ``scale`` and ``shift`` hold the rows' 1 / std and -mean / std). The rows go in
+    groups, so that their sums' reductions overlap (one row's alone is a chain of dependent
+    steps)."""
     c = x.shape[1]
     for k in range(r):
         xi = x[start + k]
