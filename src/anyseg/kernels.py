@@ -65,6 +65,12 @@ def _run(name: str, n: int, *args) -> None:
     team.GOMP_parallel(getattr(_loops, name + "_team").address, descriptor.ctypes.data, parts, 0)
 
 
+def loops_apply(*tensors: torch.Tensor) -> bool:
+    """Whether the bf16 loops here stand in for torch's operations on ``tensors``: all bf16
+    on the CPU, with no gradients recorded (callers keep torch's form otherwise)."""
+    return not torch.is_grad_enabled() and all(t.device.type == "cpu" and t.dtype == torch.bfloat16 for t in tensors)
+
+
 def _words(t: torch.Tensor) -> np.ndarray:
     """A CPU tensor's memory as 16-bit words (numpy has no bf16), contiguous."""
     return t.detach().contiguous().view(torch.uint16).numpy()

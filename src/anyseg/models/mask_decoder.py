@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyseg.kernels import layer_norm, mask_product
+from anyseg.kernels import layer_norm, loops_apply, mask_product
 from anyseg.models.common import MLP, LastResult, LayerNorm2d
 from anyseg.models.two_way_transformer import ImageProjections, TwoWayTransformer
 
@@ -91,14 +91,6 @@ class ImageSide:
     keys: torch.Tensor
     key_pe: torch.Tensor
     projected: ImageProjections | None = None
-
-
-def _compiled(x: torch.Tensor) -> bool:
-    """Whether the upscaling's norm, GELUs and mask product run as the compiled loops of
-    :mod:`anyseg.kernels` (bf16 on the CPU, no gradients): torch's norm takes 2x as long on
-    rows of 32 or 64, and the GELUs (SAM's are exact, ``nn.GELU()``) become lookups of
-    torch's own bf16 results."""
-    return x.device.type == "cpu" and x.dtype == torch.bfloat16 and not torch.is_grad_enabled()
 
 
 def _is_broadcast(dense: torch.Tensor) -> bool:
@@ -183,7 +175,7 @@ class MaskDecoder(nn.Module):
 
         up = self._upscale(src, high_res_features)  # (B, 16 h w, C/8), in blocks, before the last GELU
         hyper_in = self._hypernetworks(mask_tokens_out, masks_of)
-        if _compiled(up):  # the GELU inside the product
+        if loops_apply(up):  # the GELU (SAM's exact nn.GELU) a lookup inside the product
             masks = mask_product(up, hyper_in, h, w, gelu=True)  # fp32, in raster order
         else:  # without gradients the GELU runs in place: no new 8 MB buffer
             up = self.output_upscaling[4](up) if torch.is_grad_enabled() else torch.ops.aten.gelu_(up)
@@ -215,7 +207,9 @@ class MaskDecoder(nn.Module):
         add1, add2 = self._skips(high_res_features)
         w1, w2 = self._deconv_of.get((dc1.weight, dc2.weight), lambda: (_deconv_weight(dc1), _deconv_weight(dc2)))
         x = torch.baddbmm(add1, x, w1.expand(b, -1, -1)).reshape(b, 4 * n, -1)
-        if _compiled(x):  # the norm and the GELU in one pass, over the product's output
+        # bf16 on the CPU: the norm (torch's takes 2x as long on rows of 32 or 64) and the GELU
+        # in one compiled pass, over the product's output
+        if loops_apply(x):
             x = layer_norm(x, ln1, gelu=True, in_place=True)
         else:  # without gradients the GELU runs in place: no new 2 MB buffer
             gelu = act1 if torch.is_grad_enabled() else torch.ops.aten.gelu_

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyseg.kernels import layer_norm_plus
+from anyseg.kernels import layer_norm_plus, loops_apply
 from anyseg.models.common import MLP, Attention, MLPBlock
 
 
@@ -125,8 +125,7 @@ def norm_plus(norm: nn.LayerNorm, x: torch.Tensor, addend: torch.Tensor) -> tupl
     """``(norm(x), norm(x) + addend)``; in one pass for bf16 image tokens on the CPU
     (:func:`~anyseg.kernels.layer_norm_plus`: each is a pass over a few MB), the norm
     written over ``x`` (a result of :func:`image_to_tokens`, the caller's own)."""
-    if (x.device.type == "cpu" and x.dtype == addend.dtype == torch.bfloat16 and addend.shape[0] == 1
-            and not torch.is_grad_enabled() and x.is_contiguous()):
+    if loops_apply(x, addend) and addend.shape[0] == 1 and x.is_contiguous():
         return layer_norm_plus(x, norm, addend, in_place=True)
     y = norm(x)
     return y, y + addend
