@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from anyseg import bench
+from anyseg import _process, bench
 from anyseg.cli import main
 from anyseg.models.hiera import HieraConfig
 from anyseg.models.sam2 import Sam2Config, Sam2Model
@@ -172,3 +172,32 @@ def test_bench_cli_rejects_bad_settings(argv, tmp_path, capsys):
 
     assert main(["bench", "--measures", "click", "--out", str(tmp_path), *argv]) == 2
     assert "must be" in capsys.readouterr().err
+
+
+FAULTS = """
+import resource, sys, torch
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(64 << 20, dtype=torch.uint8).fill_(1)  # 64 MB, touched, freed
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(min(faults() for _ in range(8)))  # the heap settles after a few
+"""
+
+
+@pytest.mark.skipif(not os.confstr("CS_GNU_LIBC_VERSION"), reason="malloc settings are glibc's")
+@pytest.mark.parametrize("preset", [None, "131072"])
+def test_keep_freed_memory(preset):
+    """Imported, anyseg has malloc keep freed buffers for the next ones (no page faults on
+    reuse) unless the environment sets malloc's thresholds itself; the bench names the
+    settings, and gives the official side the same."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | {"THP_MEM_ALLOC_ENABLE": "0"}
+    env |= {} if preset is None else {"MALLOC_MMAP_THRESHOLD_": preset}
+    script = f"import json, anyseg; from anyseg import _process; print(json.dumps(_process.in_force))\n{FAULTS}"
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    in_force, faults = out.stdout.split("\n")[:2]
+    expected = _process.MALLOC_ENV if preset is None else {"MALLOC_MMAP_THRESHOLD_": preset}
+    assert json.loads(in_force) == expected
+    assert int(faults) < 1000 if preset is None else int(faults) > 10_000  # 64 MB: 16384 pages
+    report = {"machine": bench.machine() | {"malloc": expected}, "date": "", "settings": {"repeat": 1},
+              "results": []}
+    assert ", ".join(f"{k}={v}" for k, v in expected.items()) in bench.markdown(report).split("\n")[0]

@@ -7,15 +7,11 @@
 >>> out = pred.predict(points=[[x, y]], labels=[1])
 """
 
-import os as _os
-import sys as _sys
+from anyseg import _process
 
-# torch's CPU allocator puts buffers of 2 MB and more on transparent huge pages when this is
-# set before its first allocation (it is read once): far fewer TLB misses when a click's
-# buffers come back cold from idle, 3-5% of a click (benchmarks/README.md). Imported after
-# torch, anyseg cannot set it; THP_MEM_ALLOC_ENABLE=0 in the environment turns it off.
-if "torch" not in _sys.modules:
-    _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+# before torch is imported: see anyseg/_process.py
+_process.huge_page_buffers()
+_process.keep_freed_memory()
 
 from anyseg.errors import (  # noqa: E402
     AnysegError,

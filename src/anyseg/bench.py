@@ -49,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
+from anyseg import _process
+
 MODELS = ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "mobile_sam_vit_t", "sam_vit_b")
 MEASURES = ("encode", "click", "everything", "video", "memory")
 VIDEO_OBJECTS = (1, 3)
@@ -100,8 +102,9 @@ def unavailable(model: str, measure: str) -> str | None:
 
 
 def machine() -> dict:
-    """The CPU, core count, python and torch version, thread count and huge-page setting of
-    torch's allocator (``THP_MEM_ALLOC_ENABLE``: anyseg sets it; both sides inherit it)."""
+    """The CPU, core count, python and torch version, thread count, the huge-page setting of
+    torch's allocator (``THP_MEM_ALLOC_ENABLE``: anyseg sets it; both sides inherit it) and
+    the malloc settings in force (:mod:`anyseg._process`; both sides get them too)."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -114,7 +117,7 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0")}
+            "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0"), "malloc": dict(_process.in_force)}
 
 
 def peak_rss_mib() -> float:
@@ -304,7 +307,8 @@ class Worker:
 
     def __init__(self, side: Side, task: Task, log_dir: Path) -> None:
         threads = str(task.threads)
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TQDM_DISABLE": "1",
+        env = {**os.environ, **_process.in_force, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+               "TQDM_DISABLE": "1",
                "PYTHONPATH": str(REPO / "src") if side is OURS else ""}
         task_json = json.dumps({**asdict(task), "source": side.source})
         self.side = side
@@ -552,10 +556,12 @@ def markdown(report: dict) -> str:
     """The report as a Markdown table with the machine named above it."""
     m = report["machine"]
     official_torch = {r["official"]["torch"] for r in report["results"] if r["official"] and "torch" in r["official"]}
+    settings = (["THP_MEM_ALLOC_ENABLE=1"] if m.get("thp_alloc") == "1" else []) + [
+        f"{name}={value}" for name, value in m.get("malloc", {}).items()]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, {m['torch_threads']} threads"
         + (f"; official side: torch {', '.join(sorted(official_torch))}" if official_torch else "")
-        + (f"; {'both sides: ' if official_torch else ''}THP_MEM_ALLOC_ENABLE=1" if m.get("thp_alloc") == "1" else "")
+        + (f"; {'both sides: ' if official_torch else ''}{', '.join(settings)}" if settings else "")
         + f". {report['date']}; {report['settings']['repeat']} repeats, calls alternating between the sides"
         + f" ({report['settings'].get('pause', 0)} s idle before each); "
         "medians. Ratio: the median over pairs of official time / anyseg time (memory: official / anyseg). "
