@@ -7,6 +7,51 @@ import torch.nn.functional as F
 from torch import nn
 
 
+SCORES_BYTES = 16 << 20
+"""Size of the scores :func:`attention` computes at a time on its reduced-type CPU path:
+within the last-level cache, so the scores are still cached when the softmax and the
+product with the values read them (a whole batch of small windows at once; a global
+attention of 4096 tokens 512 query rows at a time)."""
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+              scale: float | None = None) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)`` for ``q``
+    ``(..., Nq, d)``, ``k`` ``(..., Nk, d)``, ``v`` ``(..., Nk, dv)`` and an additive ``mask``
+    broadcast to ``(..., Nq, Nk)``: ``(..., Nq, dv)``.
+
+    In bf16 / fp16 on the CPU (no gradients), as plain products and a softmax written over
+    the scores, a block of query rows at a time (:data:`SCORES_BYTES`): on CPUs without AMX,
+    torch's fused kernel computes its small blocks' products at a fraction of the speed of
+    one product over many rows (about 1.7x slower in all: a global attention of SAM 2's
+    encoder, a batch of TinyViT's windows). The scores are rounded to the reduced type
+    before the softmax (the fused kernel keeps them in fp32): the bf16 accuracy figures
+    (``benchmarks/precision_accuracy.py``) include it.
+    """
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or torch.is_grad_enabled():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    nq, nk = q.shape[-2], k.shape[-2]
+    q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
+    kt = k.transpose(-2, -1)
+    groups = q[..., 0, 0].numel()
+    rows = max(1, SCORES_BYTES // (groups * nk * q.element_size()))
+    if mask is not None:
+        mask = mask.to(q.dtype)
+
+    def block(start: int, stop: int) -> torch.Tensor:
+        scores = q[..., start:stop, :] @ kt
+        if mask is not None:
+            scores += mask[..., start:stop, :] if mask.shape[-2] == nq else mask
+        return torch.softmax(scores, -1, out=scores) @ v
+
+    if rows >= nq:
+        return block(0, nq)
+    out = q.new_empty(q.shape[:-1] + v.shape[-1:])
+    for start in range(0, nq, rows):
+        out[..., start : start + rows, :] = block(start, start + rows)
+    return out
+
+
 class MLP(nn.Module):
     """``num_layers`` linear layers with an activation between them.
 
@@ -151,5 +196,4 @@ class Attention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q, k, v = self.project(q, k, v)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.out_proj(self.merge_heads(out))
+        return self.out_proj(self.merge_heads(attention(q, k, v)))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyseg.models.common import Attention
+from anyseg.models.common import Attention, attention
 from anyseg.models.position import apply_rope, axial_rope
 
 
@@ -38,8 +38,7 @@ class RoPEAttention(Attention):
         n_rope = k.shape[-2] - num_k_exclude_rope
         if n_rope > 0:
             k = torch.cat([apply_rope(k[:, :, :n_rope], freqs), k[:, :, n_rope:]], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.out_proj(self.merge_heads(out))
+        return self.out_proj(self.merge_heads(attention(q, k, v)))
 
 
 class MemoryAttentionLayer(nn.Module):

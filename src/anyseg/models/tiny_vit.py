@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, attention
 from .vit import window_partition, window_unpartition
 
 __all__ = ["TinyViTConfig", "TINY_VIT_5M", "TinyViTImageEncoder"]
@@ -220,7 +220,7 @@ class BiasedAttention(nn.Module):
         # A 4-D mask (expanded, not copied) lets CPU SDPA take its fused kernel; a 3-D one
         # falls back to the slow reference path.
         mask = bias.unsqueeze(0).expand(b, -1, -1, -1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        out = attention(q, k, v, mask, self.scale)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyseg.models.common import LayerNorm2d, MLPBlock
+from anyseg.models.common import LayerNorm2d, MLPBlock, attention
 
 __all__ = [
     "ViTConfig",
@@ -199,7 +199,7 @@ class RelPosAttention(nn.Module):
         if self.use_rel_pos:
             bias = self.rel_pos_bias(q.reshape(b * self.num_heads, n, self.head_dim), h, w)
             mask = bias.view(b, self.num_heads, n, n)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        out = attention(q, k, v, mask, self.scale)
         return self.proj(out.transpose(1, 2).reshape(b, h, w, dim))
 
 

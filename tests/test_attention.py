@@ -1,0 +1,52 @@
+"""The shared attention: torch's fused kernel where gradients, fp32 or another device ask
+for it; in bf16 / fp16 on the CPU, blocks of query rows whose result is the fused kernel's
+to the reduced type's rounding."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anyseg.models import common
+from anyseg.models.common import attention
+
+
+def inputs(lead, nq, nk, d, dv, dtype=torch.float32):
+    torch.manual_seed(0)
+    q, k = torch.randn(*lead, nq, d), torch.randn(*lead, nk, d)
+    v = torch.randn(*lead, nk, dv)
+    return [t.to(dtype) for t in (q, k, v)]
+
+
+@pytest.mark.parametrize("mask_rows", [None, "full", "broadcast"])
+@pytest.mark.parametrize("budget", [None, 3000])  # None: one block; 3000 bytes: blocks of a few rows
+def test_reduced_type_blocks_match_the_fused_kernel(mask_rows, budget, monkeypatch):
+    if budget:
+        monkeypatch.setattr(common, "SCORES_BYTES", budget)
+    q, k, v = inputs((2, 3), 37, 29, 16, 8, torch.bfloat16)
+    mask = None
+    if mask_rows:
+        mask = torch.randn(1, 3, 37 if mask_rows == "full" else 1, 29).expand(2, -1, -1, -1).bfloat16()
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=None if mask is None
+                                              else mask.float(), scale=0.3)
+    with torch.no_grad():
+        out = attention(q, k, v, mask, scale=0.3)
+    assert out.shape == (2, 3, 37, 8) and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.05)
+
+
+def test_strided_inputs_and_default_scale():
+    """Heads split from one projection (strided views), as the encoders pass them."""
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 50, 3, 4, 8).bfloat16()
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (2, 4, 50, 8), not contiguous
+    with torch.no_grad():
+        out = attention(q, k, v)
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("dtype, grad", [(torch.float32, False), (torch.bfloat16, True)])
+def test_fused_kernel_where_exactness_or_gradients_matter(dtype, grad):
+    q, k, v = inputs((2,), 12, 10, 8, 8, dtype)
+    with torch.set_grad_enabled(grad):
+        torch.testing.assert_close(attention(q, k, v), F.scaled_dot_product_attention(q, k, v), atol=0, rtol=0)
