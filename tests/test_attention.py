@@ -50,3 +50,18 @@ def test_fused_kernel_where_exactness_or_gradients_matter(dtype, grad):
     q, k, v = inputs((2,), 12, 10, 8, 8, dtype)
     with torch.set_grad_enabled(grad):
         torch.testing.assert_close(attention(q, k, v), F.scaled_dot_product_attention(q, k, v), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_memory_values_projected_after_the_attention(heads):
+    """The cross-attention to the narrow memory projects its values after the attention
+    (no gradients): the same result as projecting the memory first (the gradient path)."""
+    from anyseg.models.memory_attention import RoPEAttention
+
+    torch.manual_seed(0)
+    attn = RoPEAttention(32, num_heads=heads, kv_in_dim=8).eval()
+    q, memory = torch.randn(2, 16, 32), torch.randn(2, 3 * 16 + 4, 8)  # 3 frames of 4x4, 4 pointer tokens
+    expected = attn(q, memory, memory, num_k_exclude_rope=4)  # gradients recorded: projected first
+    with torch.no_grad():
+        out = attn(q, memory, memory, num_k_exclude_rope=4)
+    torch.testing.assert_close(out, expected.detach(), atol=1e-5, rtol=1e-5)

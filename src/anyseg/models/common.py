@@ -32,9 +32,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     nq, nk = q.shape[-2], k.shape[-2]
     q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
-    kt = k.transpose(-2, -1)
     groups = q[..., 0, 0].numel()
     rows = max(1, SCORES_BYTES // (groups * nk * q.element_size()))
+    kt = k.transpose(-2, -1)
+    if rows < nq:  # laid out once for the blocks' products (each would copy it again)
+        kt = kt.contiguous()
     if mask is not None:
         mask = mask.to(q.dtype)
 

@@ -32,13 +32,32 @@ class RoPEAttention(Attention):
         return self._freqs[key]
 
     def forward(self, q, k, v, num_k_exclude_rope: int = 0) -> torch.Tensor:
-        q, k, v = self.project(q, k, v)
+        """``q`` ``(B, Nq, dim)``, ``k`` ``(B, Nk, kv_in_dim)``, ``v`` ``(B, Nk, kv_in_dim)``:
+        ``(B, Nq, dim)``.
+
+        Where the values are narrower than a head (the cross-attention to the 64-wide memory:
+        ``kv_in_dim`` < ``internal_dim / heads``) and no gradients are recorded, the value
+        projection runs after the attention, on ``Nq`` rows instead of ``Nk``: each head's
+        ``P (v W_v^T + b_v)`` equals ``(P v) W_v^T + b_v`` as the attention's rows sum to one,
+        and the product with the memory's ~28k values then has 64 columns instead of 256.
+        """
+        h, head_dim = self.num_heads, self.internal_dim // self.num_heads
+        fold = v.shape[-1] < head_dim and not torch.is_grad_enabled()
+        if fold:
+            q, k = self.split_heads(self.q_proj(q)), self.split_heads(self.k_proj(k))
+            v = v.unsqueeze(1).expand(-1, h, -1, -1)  # (B, h, Nk, kv_in_dim), every head's
+        else:
+            q, k, v = self.project(q, k, v)
         freqs = self.freqs(q.shape[-2], q.device)
         q = apply_rope(q, freqs)
         n_rope = k.shape[-2] - num_k_exclude_rope
         if n_rope > 0:
             k = torch.cat([apply_rope(k[:, :, :n_rope], freqs), k[:, :, n_rope:]], dim=2)
-        return self.out_proj(self.merge_heads(attention(q, k, v)))
+        out = attention(q, k, v)
+        if fold:  # (B, h, Nq, kv_in_dim) -> (B, h, Nq, head_dim), each head by its rows of W_v
+            weight = self.v_proj.weight.view(h, head_dim, -1).transpose(1, 2)
+            out = out @ weight + self.v_proj.bias.view(h, 1, head_dim)
+        return self.out_proj(self.merge_heads(out))
 
 
 class MemoryAttentionLayer(nn.Module):
