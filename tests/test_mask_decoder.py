@@ -79,7 +79,9 @@ def test_compiled_norm_then_gelu_and_gelu_then_product(loop_threads):
 def test_compiled_layer_norm_plus_rounds_as_torch(loop_threads):
     # bf16 image tokens (a batch of 2 sharing the addend, as the decoder's position
     # encoding): the results are rounded as torch rounds them; the statistics may differ in
-    # float32 rounding, which moves a value by one bf16 step where it lies next to a tie
+    # float32 rounding, which moves a value by one bf16 step where it lies next to a tie (a
+    # step of the norm's value, which the sum with the addend carries: seen on an AMD EPYC,
+    # where torch's statistics round otherwise than on an Intel Xeon)
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(2, 300, 64, generator=g) * 3 + 1).bfloat16()
     addend = torch.randn(1, 300, 64, generator=g).bfloat16()
@@ -88,11 +90,12 @@ def test_compiled_layer_norm_plus_rounds_as_torch(loop_threads):
     torch.nn.init.normal_(norm.bias, generator=g)
     y, y_plus = layer_norm_plus(x, norm, addend)
     expected = norm(x)
+    step = expected.float().abs() * 2**-7 + 1e-6  # at most one bf16 step of the norm's value
     for got, want in ((y, expected), (y_plus, expected + addend)):
         assert got.dtype == torch.bfloat16 and got.shape == x.shape
         differ = got != want
         assert differ.sum() <= 10
-        assert ((got.float() - want.float()).abs() <= want.float().abs() * 2**-7 + 1e-6)[differ].all()
+        assert ((got.float() - want.float()).abs() <= step + want.float().abs() * 2**-8)[differ].all()
     assert torch.equal(y_plus, (y.float() + addend.float()).bfloat16())
 
 

@@ -23,8 +23,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     In bf16 / fp16 on the CPU (no gradients), as plain products and a softmax written over
     the scores, a block of query rows at a time (:data:`SCORES_BYTES`): on CPUs without AMX,
     torch's fused kernel computes its small blocks' products at a fraction of the speed of
-    one product over many rows (about 1.7x slower in all: a global attention of SAM 2's
-    encoder, a batch of TinyViT's windows). The scores are rounded to the reduced type
+    one product over many rows (1.4-2x slower in all on an AMD EPYC: a global attention of
+    SAM 2's encoder, SAM 2's batches of windows, TinyViT's). The scores are rounded to the reduced type
     before the softmax (the fused kernel keeps them in fp32): the bf16 accuracy figures
     (``benchmarks/precision_accuracy.py``) include it.
     """
