@@ -14,6 +14,12 @@ product with the values read them (a whole batch of small windows at once; a glo
 attention of 4096 tokens 512 query rows at a time)."""
 
 
+def in_blocks(q: torch.Tensor) -> bool:
+    """Whether :func:`attention` computes queries ``q`` in blocks of rows (bf16 / fp16 on the
+    CPU, no gradients) rather than with torch's fused kernel."""
+    return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and not torch.is_grad_enabled()
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
               scale: float | None = None) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)`` for ``q``
@@ -28,7 +34,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     before the softmax (the fused kernel keeps them in fp32): the bf16 accuracy figures
     (``benchmarks/precision_accuracy.py``) include it.
     """
-    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or torch.is_grad_enabled():
+    if not in_blocks(q):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     nq, nk = q.shape[-2], k.shape[-2]
     q = q * (q.shape[-1] ** -0.5 if scale is None else scale)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyseg.models.common import Attention, attention
+from anyseg.models.common import Attention, attention, in_blocks
 from anyseg.models.position import apply_rope, axial_rope
 
 
@@ -36,16 +36,20 @@ class RoPEAttention(Attention):
         ``(B, Nq, dim)``.
 
         Where the values are narrower than a head (the cross-attention to the 64-wide memory:
-        ``kv_in_dim`` < ``internal_dim / heads``) and no gradients are recorded, the value
-        projection runs after the attention, on ``Nq`` rows instead of ``Nk``: each head's
+        ``kv_in_dim`` < ``internal_dim / heads``) and the attention runs in blocks
+        (:func:`~anyseg.models.common.in_blocks`: bf16 on the CPU), the value projection runs
+        after the attention, on ``Nq`` rows instead of ``Nk``: each head's
         ``P (v W_v^T + b_v)`` equals ``(P v) W_v^T + b_v`` as the attention's rows sum to one,
-        and the product with the memory's ~28k values then has 64 columns instead of 256.
+        and the product with the memory's ~28k values then has 64 columns instead of 256
+        (torch's fused kernel, elsewhere, gains nothing from narrower values).
         """
         h, head_dim = self.num_heads, self.internal_dim // self.num_heads
-        fold = v.shape[-1] < head_dim and not torch.is_grad_enabled()
-        if fold:
+        fold = False
+        if v.shape[-1] < head_dim:
             q, k = self.split_heads(self.q_proj(q)), self.split_heads(self.k_proj(k))
-            v = v.unsqueeze(1).expand(-1, h, -1, -1)  # (B, h, Nk, kv_in_dim), every head's
+            fold = in_blocks(q)
+            # (B, h, Nk, kv_in_dim), every head's; or projected as usual
+            v = v.unsqueeze(1).expand(-1, h, -1, -1) if fold else self.split_heads(self.v_proj(v))
         else:
             q, k, v = self.project(q, k, v)
         freqs = self.freqs(q.shape[-2], q.device)
