@@ -2,7 +2,7 @@
 
 An encode allocates and frees buffers of tens to hundreds of MB, layer after layer. By
 default glibc serves each with a fresh ``mmap`` and returns it on free, so every buffer's
-pages fault in again, zero-filled, at each use: 15-25% of an encode (benchmarks/README.md).
+pages fault in again, zero-filled, at each use: 15-20% of an encode (README, Performance).
 :func:`keep_freed_memory` makes malloc serve them from its heap and keep what is freed for
 the next one; the resident size stays at the largest working set instead of falling back
 between calls. Where the environment already sets a threshold (glibc reads these variables
