@@ -14,6 +14,15 @@ product with the values read them (a whole batch of small windows at once; a glo
 attention of 4096 tokens 512 query rows at a time)."""
 
 
+def softmax_(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``softmax(x, dim)``, written over ``x`` (a product's fresh output, contiguous) where
+    no gradients are recorded: its lines are in the caches already, a new buffer's are not
+    (a click after idle time finds them cold)."""
+    if torch.is_grad_enabled():
+        return torch.softmax(x, dim)
+    return torch.softmax(x, dim, out=x)
+
+
 def in_blocks(q: torch.Tensor) -> bool:
     """Whether :func:`attention` computes queries ``q`` in blocks of rows (bf16 / fp16 on the
     CPU, no gradients) rather than with torch's fused kernel."""
@@ -50,7 +59,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         scores = q[..., start:stop, :] @ kt
         if mask is not None:
             scores += mask[..., start:stop, :] if mask.shape[-2] == nq else mask
-        return torch.softmax(scores, -1, out=scores) @ v
+        return softmax_(scores, -1) @ v
 
     if rows >= nq:
         return block(0, nq)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anyseg.kernels import layer_norm_plus, loops_apply
-from anyseg.models.common import MLP, Attention, MLPBlock
+from anyseg.models.common import MLP, Attention, MLPBlock, softmax_
 
 
 def per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -37,15 +37,6 @@ def per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     b, t, h, d = x.shape
     y = torch.bmm(x.permute(2, 0, 1, 3).reshape(h, b * t, d), w)  # (h, B T, c)
     return y.reshape(h, b, t, -1).transpose(0, 1)
-
-
-def softmax_(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """``softmax(x, dim)``, written over ``x`` (a product's fresh output, contiguous) where
-    no gradients are recorded: its lines are in the caches already, a new buffer's are not
-    (a click after idle time finds them cold)."""
-    if torch.is_grad_enabled():
-        return torch.softmax(x, dim)
-    return torch.softmax(x, dim, out=x)
 
 
 def tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
