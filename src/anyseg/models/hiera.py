@@ -78,7 +78,9 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(3, embed_dim, kernel_size=7, stride=4, padding=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)
+        # a channels-last input gives a channels-last output: the permuted map is then the
+        # contiguous (B, H, W, C) that the first block's norm reads (not a strided copy)
+        return self.proj(x.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
 
 
 class MultiScaleAttention(nn.Module):
