@@ -87,7 +87,7 @@ class MLP(nn.Module):
         super().__init__()
         dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims_in, dims_out))
+        self.layers = nn.ModuleList(Linear(a, b) for a, b in zip(dims_in, dims_out))
         self.act = activation()
         self.sigmoid_output = sigmoid_output
 
@@ -106,8 +106,8 @@ class MLPBlock(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, activation: type[nn.Module] = nn.GELU) -> None:
         super().__init__()
-        self.lin1 = nn.Linear(dim, hidden_dim)
-        self.lin2 = nn.Linear(hidden_dim, dim)
+        self.lin1 = Linear(dim, hidden_dim)
+        self.lin2 = Linear(hidden_dim, dim)
         self.act = activation()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,6 +156,46 @@ class LastResult:
         return value
 
 
+ONEDNN_ROWS = 1024
+"""Rows from which :func:`linear` takes oneDNN's kernel on the CPU: below, the kernel's
+per-call cost outweighs its gain (a click's few tokens keep torch's product)."""
+
+_onednn_linear = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+
+
+def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`linear` takes oneDNN's kernel for ``x`` and ``weight``."""
+    return (
+        _onednn_linear is not None
+        and x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")  # autocast's own linear is as fast in bf16
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and weight.dtype == x.dtype
+        and x.numel() >= ONEDNN_ROWS * x.shape[-1]
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``; on the CPU without gradients or autocast, for fp32 /
+    bf16 products of at least :data:`ONEDNN_ROWS` rows, through oneDNN's linear kernel
+    (torch's own ``mkldnn._linear_pointwise``, which its compiler emits) rather than MKL,
+    whose fp32 products run well below the peak on AMD CPUs. Measured on an AMD EPYC (2
+    threads): fp32 products 10-30% faster (results differ by summation order), encodes
+    6-12%."""
+    if _onednn_applies(x, weight) and (bias is None or bias.dtype == x.dtype):
+        return _onednn_linear(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state-dict names) computed by :func:`linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
 class Attention(nn.Module):
     """Multi-head attention with separate q/k/v projections and an optional
     down-projection of the internal width (``embedding_dim // downsample_rate``).
@@ -177,10 +217,10 @@ class Attention(nn.Module):
         if self.internal_dim % num_heads:
             raise ValueError("num_heads must divide embedding_dim // downsample_rate")
         self.num_heads = num_heads
-        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.k_proj = nn.Linear(kv_in_dim, self.internal_dim)
-        self.v_proj = nn.Linear(kv_in_dim, self.internal_dim)
-        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+        self.q_proj = Linear(embedding_dim, self.internal_dim)
+        self.k_proj = Linear(kv_in_dim, self.internal_dim)
+        self.v_proj = Linear(kv_in_dim, self.internal_dim)
+        self.out_proj = Linear(self.internal_dim, embedding_dim)
         self._stacked_of = LastResult()  # see project
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -208,7 +248,7 @@ class Attention(nn.Module):
             tuple(p for layer in layers for p in (layer.weight, layer.bias)),
             lambda: (torch.cat([layer.weight for layer in layers]), torch.cat([layer.bias for layer in layers])),
         )
-        parts = [self.split_heads(x) for x in F.linear(q, weight, bias).split(self.internal_dim, dim=-1)]
+        parts = [self.split_heads(x) for x in linear(q, weight, bias).split(self.internal_dim, dim=-1)]
         return parts[0], parts[1], parts[2] if v is q else self.split_heads(self.v_proj(v))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anyseg.kernels import layer_norm, loops_apply, mask_product
-from anyseg.models.common import MLP, LastResult, LayerNorm2d
+from anyseg.models.common import MLP, LastResult, LayerNorm2d, Linear
 from anyseg.models.two_way_transformer import ImageProjections, TwoWayTransformer
 
 
@@ -135,7 +135,7 @@ class MaskDecoder(nn.Module):
             sigmoid_output=cfg.iou_prediction_use_sigmoid,
         )
         if cfg.pred_obj_scores:
-            self.pred_obj_score_head = MLP(dim, dim, 1, 3) if cfg.pred_obj_scores_mlp else nn.Linear(dim, 1)
+            self.pred_obj_score_head = MLP(dim, dim, 1, 3) if cfg.pred_obj_scores_mlp else Linear(dim, 1)
 
     def predict_all(
         self,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyseg.models.common import Attention, attention, in_blocks
+from anyseg.models.common import Attention, Linear, attention, in_blocks
 from anyseg.models.position import apply_rope, axial_rope
 
 
@@ -72,8 +72,8 @@ class MemoryAttentionLayer(nn.Module):
         super().__init__()
         self.self_attn = RoPEAttention(dim)
         self.cross_attn_image = RoPEAttention(dim, kv_in_dim=kv_dim)
-        self.linear1 = nn.Linear(dim, ffn_dim)
-        self.linear2 = nn.Linear(ffn_dim, dim)
+        self.linear1 = Linear(dim, ffn_dim)
+        self.linear2 = Linear(ffn_dim, dim)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from anyseg.models.common import LayerNorm2d
+from anyseg.models.common import LayerNorm2d, Linear
 from anyseg.models.position import PositionEmbeddingSine
 
 
@@ -37,9 +37,9 @@ class CXBlock(nn.Module):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
         self.norm = LayerNorm2d(dim)
-        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.pwconv1 = Linear(dim, 4 * dim)
         self.act = nn.GELU()
-        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.pwconv2 = Linear(4 * dim, dim)
         self.gamma = nn.Parameter(1e-6 * torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

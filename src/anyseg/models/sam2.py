@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from anyseg.models.common import MLP
+from anyseg.models.common import MLP, Linear
 from anyseg.models.features import ImageFeatures
 from anyseg.models.fpn import Sam2ImageEncoder
 from anyseg.models.hiera import HieraConfig
@@ -103,7 +103,7 @@ class Sam2Model(Sam2TrackerMixin, nn.Module):
         self.mask_downsample = nn.Conv2d(1, 1, kernel_size=4, stride=4)
         self.obj_ptr_proj = MLP(d, d, d, 3)
         if cfg.proj_tpos_enc_in_obj_ptrs:
-            self.obj_ptr_tpos_proj = nn.Linear(d, m)
+            self.obj_ptr_tpos_proj = Linear(d, m)
 
     @property
     def device(self) -> torch.device:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, attention
+from .common import LayerNorm2d, Linear, attention
 from .vit import window_partition, window_unpartition
 
 __all__ = ["TinyViTConfig", "TINY_VIT_5M", "TinyViTImageEncoder"]
@@ -219,8 +219,8 @@ class BiasedAttention(nn.Module):
         self.value_dim = attn_ratio * key_dim
         self.scale = key_dim**-0.5
         self.norm = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, num_heads * (2 * key_dim + self.value_dim))
-        self.proj = nn.Linear(num_heads * self.value_dim, dim)
+        self.qkv = Linear(dim, num_heads * (2 * key_dim + self.value_dim))
+        self.proj = Linear(num_heads * self.value_dim, dim)
         self.window = window
         n_classes = offset_bias_index(window)[1]
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, n_classes))
@@ -255,8 +255,8 @@ class TinyViTMLP(nn.Module):
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc1 = Linear(dim, hidden_dim)
+        self.fc2 = Linear(hidden_dim, dim)
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -367,7 +367,7 @@ class TinyViTImageEncoder(nn.Module):
         self.out_grid = grids[-1]
         # ImageNet classifier of the TinyViT backbone: unused, kept for strict loading.
         self.norm_head = nn.LayerNorm(dims[-1])
-        self.head = nn.Linear(dims[-1], cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.head = Linear(dims[-1], cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.neck = nn.Sequential(
             nn.Conv2d(dims[-1], cfg.out_chans, kernel_size=1, bias=False),
             LayerNorm2d(cfg.out_chans),

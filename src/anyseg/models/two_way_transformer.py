@@ -23,11 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from anyseg.kernels import layer_norm_plus, loops_apply
-from anyseg.models.common import MLP, Attention, MLPBlock, softmax_
+from anyseg.models.common import MLP, Attention, MLPBlock, linear, softmax_
 
 
 def per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -153,8 +152,8 @@ class TwoWayAttentionBlock(nn.Module):
     def project_image(self, keys: torch.Tensor, key_pe: torch.Tensor) -> ImageProjections:
         """The image-side projections for image tokens ``keys`` ``(1, HW, C)``, in their type."""
 
-        def project(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-            return F.linear(x, linear.weight.to(x.dtype), linear.bias.to(x.dtype))
+        def project(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+            return linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
 
         def heads(x: torch.Tensor, attn: Attention) -> torch.Tensor:  # (1, N, D) -> (h, N, d)
             return x[0].reshape(x.shape[1], attn.num_heads, -1).transpose(0, 1)
