@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from anyseg import kernels
 from anyseg.models import common
 from anyseg.models.common import attention
 
@@ -70,3 +71,17 @@ def test_memory_values_projected_after_the_attention(heads, monkeypatch):
         out = attn(q, memory, memory, num_k_exclude_rope=4)
     assert widths == [8]  # the memory's own width
     torch.testing.assert_close(out.float(), expected.float(), atol=0.03, rtol=0.03)
+
+
+@pytest.mark.parametrize("addend_rows", [0, 6])
+def test_compiled_softmax_rounds_the_float32_softmax(addend_rows):
+    """``kernels.softmax_`` (short bf16 rows, in place): ``softmax(x + addend)`` from
+    float32 with one rounding, ``addend``'s rows repeating along ``x``'s: torch's float32
+    softmax rounded to bf16, within a last bit."""
+    torch.manual_seed(0)
+    x = (torch.randn(4, 6, 49) * 4).bfloat16()
+    addend = torch.randn(addend_rows, 49).bfloat16() if addend_rows else None
+    expected = torch.softmax(x.float() + (0 if addend is None else addend.float()), -1).bfloat16()
+    out = kernels.softmax_(x, addend)
+    assert out is x
+    torch.testing.assert_close(out.float(), expected.float(), atol=0, rtol=2**-8)

@@ -159,6 +159,56 @@ def layer_norm(start, stop, x, weight, bias, eps, gelu, table, addend, y, y_plus
                     pi[j] = _narrow(_widen(yi[j]) + _widen(ai[j]))
 
 
+# Cephes' expf: e^x = 2^k e^r with k = round(x / ln 2) and |r| <= ln 2 / 2 (ln 2 in two
+# parts, so that r is exact), e^r by a degree-7 polynomial: within about 1 ulp of float32.
+_LOG2E = np.float32(1.44269504088896341)
+_LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)
+_EXP_POLY = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                                          1.6666665459e-1, 5.0000001201e-1))
+
+
+@numba.njit(inline="always")
+def _exp_neg(x):
+    """e^x for a float32 ``x <= 0`` (0 from -87 down: below float32's normal range, which
+    the softmax's terms there do not reach in any case), in vectorisable arithmetic."""
+    x = max(x, np.float32(-87.0))
+    k = np.floor(x * _LOG2E + np.float32(0.5))
+    r = x - k * _LN2_HI - k * _LN2_LO
+    p = _EXP_POLY[0]
+    for c in _EXP_POLY[1:]:
+        p = p * r + c
+    return (p * r * r + r + np.float32(1)) * _as_float(np.uint32(np.int32(k) + np.int32(127)) << np.uint32(23))
+
+
+# the row's maximum and sum may be taken in any order
+@numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
+def softmax(start, stop, x, addend):
+    """Rows ``x[start:stop]`` (bf16 words) = the softmax of ``x + addend`` along the row,
+    ``addend``'s rows repeating (none: no addend), computed in float32 and rounded to bf16
+    once."""
+    n = x.shape[1]
+    s = np.empty(n, np.float32)
+    for i in range(start, stop):
+        xi = x[i]
+        if addend.shape[0]:
+            ai = addend[i % addend.shape[0]]
+            for j in range(n):
+                s[j] = _widen(xi[j]) + _widen(ai[j])
+        else:
+            for j in range(n):
+                s[j] = _widen(xi[j])
+        m = s[0]
+        for j in range(1, n):
+            m = max(m, s[j])
+        total = np.float32(0)
+        for j in range(n):
+            s[j] = _exp_neg(s[j] - m)
+            total += s[j]
+        inv = np.float32(1) / total
+        for j in range(n):
+            xi[j] = _narrow(s[j] * inv)
+
+
 @intrinsic
 def _as_float(typingctx, bits):
     """The float32 whose bits are the uint32 ``bits``."""
@@ -251,4 +301,15 @@ def layer_norm_team(data):
     start, stop = _next_part(d)
     while start < stop:
         layer_norm(start, stop, x, weight, bias, eps, d[12] != 0, table, addend, y, y_plus)
+        start, stop = _next_part(d)
+
+
+@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
+def softmax_team(data):
+    d = numba.carray(data, (64,), np.int64)
+    x = numba.carray(_pointer(d[3]), (d[4], d[5]), np.uint16)
+    addend = numba.carray(_pointer(d[6]), (d[7], d[8]), np.uint16)
+    start, stop = _next_part(d)
+    while start < stop:
+        softmax(start, stop, x, addend)
         start, stop = _next_part(d)

@@ -6,6 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anyseg import kernels
+from anyseg.kernels import loops_apply
+
 
 SCORES_BYTES = 16 << 20
 """Size of the scores :func:`attention` computes at a time on its reduced-type CPU path:
@@ -29,6 +32,18 @@ def in_blocks(q: torch.Tensor) -> bool:
     return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and not torch.is_grad_enabled()
 
 
+def _repeating_rows(mask: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """``mask`` broadcast to ``shape`` ``(..., n)`` as the ``(P, n)`` rows that repeat along
+    the rows of ``shape`` flattened (what is left after the leading broadcast axes, when it
+    is contiguous); else None."""
+    m = mask.expand(shape)
+    lead = 0
+    while lead < m.dim() - 2 and m.stride(lead) == 0:
+        lead += 1
+    inner = m[(0,) * lead]
+    return inner.reshape(-1, shape[-1]) if inner.is_contiguous() else None
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
               scale: float | None = None) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)`` for ``q``
@@ -41,7 +56,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     one product over many rows (1.4-2x slower in all on an AMD EPYC: a global attention of
     SAM 2's encoder, SAM 2's batches of windows, TinyViT's). The scores are rounded to the reduced type
     before the softmax (the fused kernel keeps them in fp32): the bf16 accuracy figures
-    (``benchmarks/precision_accuracy.py``) include it.
+    (``benchmarks/precision_accuracy.py``) include it. In bf16 on rows of up to
+    :data:`anyseg.kernels.SHORT_ROWS` keys (windows of 4 x 4 and 7 x 7), the softmax is
+    :func:`anyseg.kernels.softmax_`, which adds a mask in float32 (TinyViT's offset biases;
+    MobileSAM's encode 3% faster on the AMD EPYC).
     """
     if not in_blocks(q):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
@@ -54,9 +72,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         kt = kt.contiguous()
     if mask is not None:
         mask = mask.to(q.dtype)
+    # short bf16 rows: the compiled softmax, the mask added in it (one block, or no mask)
+    compiled = loops_apply(q) and nk <= kernels.SHORT_ROWS
+    addend = None
+    if compiled and mask is not None:
+        addend = _repeating_rows(mask, (*q.shape[:-1], nk)) if rows >= nq else None
+        compiled = addend is not None
 
     def block(start: int, stop: int) -> torch.Tensor:
         scores = q[..., start:stop, :] @ kt
+        if compiled:
+            return kernels.softmax_(scores, addend) @ v
         if mask is not None:
             scores += mask[..., start:stop, :] if mask.shape[-2] == nq else mask
         return softmax_(scores, -1) @ v
