@@ -168,7 +168,7 @@ def softmax_(x: torch.Tensor, addend: torch.Tensor | None = None) -> torch.Tenso
     ``i`` adds ``addend[i % P]``). In float32 from the bf16 inputs to one rounding (torch
     rounds ``x + addend`` to bf16 first), with an exp within about 1 ulp of float32's: the
     same bf16 results as torch's softmax, but for the odd last-bit rounding. On short rows
-    several times faster than torch's (whose per-row cost dominates rows of 16-64)."""
+    several times faster than torch's (whose per-row cost dominates rows of 16-49)."""
     assert x.is_contiguous(), "a softmax in place needs x's own (contiguous) memory"
     n = x.shape[-1]
     rows = _words(x).reshape(-1, n)
