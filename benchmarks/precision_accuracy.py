@@ -4,7 +4,7 @@ SAM 2.1-tiny video replay).
 
 Usage::
 
-    python benchmarks/precision_accuracy.py [--precisions fp32,bf16] [--no-video]
+    python benchmarks/precision_accuracy.py [--precisions fp32,bf16,int8] [--no-video]
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def fixture_model(key: str):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--precisions", default="fp32,bf16,int8")
     ap.add_argument("--no-video", action="store_true")
     args = ap.parse_args()
     models = {key: fixture_model(key) for key in IMAGE_KEYS}

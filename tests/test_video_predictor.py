@@ -159,3 +159,22 @@ def test_video_file_source(model, samples_dir):
         results = list(s.propagate(reverse=True, max_frames=2))
         assert [r.frame for r in results] == [199, 198, 197]
         assert results[-1].masks.shape == (1, 540, 960)
+
+
+def test_int8_precision_encodes_frames_with_int8_linears(model):
+    """``precision="int8"``: each frame's encode runs within ``int8_linears`` (which layers
+    it turns to int8 is tested in test_int8.py); the rest of the step does not."""
+    from anyseg.models import common
+
+    seen = []
+    hooks = [model.image_encoder.register_forward_hook(lambda *_: seen.append(("encoder", common._int8.get()))),
+             model.memory_attention.register_forward_hook(lambda *_: seen.append(("memory", common._int8.get())))]
+    try:
+        with VideoPredictor(model, precision="int8").open(random_frames(3)) as s:
+            s.add_prompt(0, 1, points=[[30, 20]], labels=[1])
+            results = list(s.propagate())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert [r.frame for r in results] == [0, 1, 2] and results[-1].masks.shape == (1, H, W)
+    assert ("encoder", True) in seen and ("memory", False) in seen and ("encoder", False) not in seen

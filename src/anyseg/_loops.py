@@ -209,6 +209,43 @@ def softmax(start, stop, x, addend):
             xi[j] = _narrow(s[j] * inv)
 
 
+# a row's largest magnitude may be found in any order
+@numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
+def quantize_rows(start, stop, words, bf16, q, scale):
+    """Rows ``q[start:stop]`` (int8) and ``scale`` (float32) = the symmetric int8 rows of
+    ``words`` (bf16 words, or float32 as pairs of words where not ``bf16``): ``q = round(x /
+    scale)`` with ``scale = max |x| / 127`` per row (1 for a row of zeros)."""
+    k = q.shape[1]
+    row = np.empty(k, np.float32)
+    wide = row.view(np.uint32)
+    for i in range(start, stop):
+        w = words[i]
+        if bf16:
+            for j in range(k):
+                wide[j] = np.uint32(w[j]) << np.uint32(16)
+        else:  # little-endian float32: low word first
+            for j in range(k):
+                wide[j] = np.uint32(w[2 * j]) | np.uint32(w[2 * j + 1]) << np.uint32(16)
+        top = np.float32(0)
+        for j in range(k):
+            top = max(top, abs(row[j]))
+        scale[i] = top / np.float32(127) if top > 0 else np.float32(1)
+        inv = np.float32(127) / top if top > 0 else np.float32(0)
+        qi = q[i]
+        for j in range(k):
+            qi[j] = np.int8(np.int32(np.rint(row[j] * inv)))
+
+
+@numba.njit(**_OPTIONS, fastmath={"contract"})
+def dequantize_rows(start, stop, acc, row_scale, col_scale, bias, out):
+    """Rows ``out[start:stop]`` (bf16 words) = ``acc * row_scale[i] * col_scale[j] +
+    bias[j]`` for int32 products ``acc``, rounded to bf16 once."""
+    for i in range(start, stop):
+        a, o, s = acc[i], out[i], row_scale[i]
+        for j in range(acc.shape[1]):
+            o[j] = _narrow(np.float32(a[j]) * (s * col_scale[j]) + bias[j])
+
+
 @intrinsic
 def _as_float(typingctx, bits):
     """The float32 whose bits are the uint32 ``bits``."""
@@ -312,4 +349,30 @@ def softmax_team(data):
     start, stop = _next_part(d)
     while start < stop:
         softmax(start, stop, x, addend)
+        start, stop = _next_part(d)
+
+
+@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
+def quantize_rows_team(data):
+    d = numba.carray(data, (64,), np.int64)
+    words = numba.carray(_pointer(d[3]), (d[4], d[5]), np.uint16)
+    q = numba.carray(_pointer(d[7]), (d[8], d[9]), np.int8)
+    scale = numba.carray(_pointer(d[10]), (d[11],), np.float32)
+    start, stop = _next_part(d)
+    while start < stop:
+        quantize_rows(start, stop, words, d[6] != 0, q, scale)
+        start, stop = _next_part(d)
+
+
+@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
+def dequantize_rows_team(data):
+    d = numba.carray(data, (64,), np.int64)
+    acc = numba.carray(_pointer(d[3]), (d[4], d[5]), np.int32)
+    row_scale = numba.carray(_pointer(d[6]), (d[7],), np.float32)
+    col_scale = numba.carray(_pointer(d[8]), (d[9],), np.float32)
+    bias = numba.carray(_pointer(d[10]), (d[11],), np.float32)
+    out = numba.carray(_pointer(d[12]), (d[13], d[14]), np.uint16)
+    start, stop = _next_part(d)
+    while start < stop:
+        dequantize_rows(start, stop, acc, row_scale, col_scale, bias, out)
         start, stop = _next_part(d)

@@ -157,6 +157,29 @@ def _layer_norm(x: torch.Tensor, norm: torch.nn.Module, gelu: bool, addend: torc
     return y, y_plus
 
 
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 rows of a 2-D bf16 or float32 CPU tensor ``x`` ``(M, K)``: ``(q, scale)``,
+    ``q`` ``(M, K)`` int8 = ``round(x / scale)``, ``scale`` ``(M,)`` float32 = each row's
+    largest magnitude / 127 (1 for a row of zeros), in one pass over ``x``."""
+    bf16 = x.dtype == torch.bfloat16
+    assert bf16 or x.dtype == torch.float32, "int8 rows are made of bf16 or float32 values"
+    q = torch.empty(x.shape, dtype=torch.int8)
+    scale = torch.empty(x.shape[0])
+    _run("quantize_rows", x.shape[0], _words(x), bf16, q.numpy(), scale.numpy())
+    return q, scale
+
+
+def dequantize_rows(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor,
+                    bias: torch.Tensor) -> torch.Tensor:
+    """``acc * row_scale[:, None] * col_scale + bias`` as bf16, for int32 products ``acc``
+    ``(M, N)``, float32 ``row_scale`` ``(M,)``, ``col_scale`` and ``bias`` ``(N,)``: one pass,
+    one rounding."""
+    out = torch.empty(acc.shape, dtype=torch.bfloat16)
+    _run("dequantize_rows", acc.shape[0], acc.contiguous().numpy(), row_scale.numpy(), col_scale.numpy(),
+         bias.numpy(), _words(out))
+    return out
+
+
 SHORT_ROWS = 49
 """Rows up to which :func:`softmax_` stands in for torch's softmax in the encoders'
 bf16 attention (``models.common.attention``): on longer rows torch's is as fast."""

@@ -44,8 +44,8 @@ def register(sub) -> None:
                    help=f"comma-separated presets (default: {','.join(bench.MODELS)})")
     p.add_argument("--measures", type=_names(bench.MEASURES), default=list(bench.MEASURES), metavar="LIST",
                    help=f"comma-separated subset of {','.join(bench.MEASURES)} (default: all)")
-    p.add_argument("--precisions", type=_names(["fp32", "bf16", "fp16"]), default=["fp32"], metavar="LIST",
-                   help="anyseg's precisions to measure, e.g. fp32,bf16 (default: fp32; the official side is fp32)")
+    p.add_argument("--precisions", type=_names(["fp32", "bf16", "fp16", "int8"]), default=["fp32"], metavar="LIST",
+                   help="anyseg's precisions to measure, e.g. fp32,bf16,int8 (default: fp32; the official side is fp32)")
     p.add_argument("--repeat", type=int, default=3, metavar="N",
                    help="interleaved repeats, each in fresh processes (default: 3)")
     p.add_argument("--iters", type=int, default=3, metavar="N", help="timed encodes per process (default: 3)")

@@ -18,7 +18,7 @@ from anyseg.errors import AnysegError, InvalidInputError
 from anyseg.io.export import atomic_path
 from anyseg.io.images import as_rgb_array
 from anyseg.models.features import ImageFeatures
-from anyseg.predictors.precision import PRECISIONS, autocast, check_precision
+from anyseg.predictors.precision import PRECISIONS, check_precision, encoding
 from anyseg.predictors.prompts import as_float_array, check_inside
 from anyseg.predictors.transforms import transform_for
 
@@ -59,8 +59,10 @@ class ImagePredictor:
 
     Coordinates are (x, y) pixels of the original image. ``model`` is any model from
     :func:`anyseg.load_model` (SAM 1, MobileSAM or SAM 2). ``precision`` ``"bf16"`` /
-    ``"fp16"`` opts in to a faster reduced-precision image encoder and mask decoder
-    (default ``"fp32"``: exact); the prompt encoder and the mask resizing stay in fp32.
+    ``"fp16"`` opts in to a faster reduced-precision image encoder and mask decoder, and
+    ``"int8"`` to bf16 with the encoder's wide linear layers in int8 on the CPU (default
+    ``"fp32"``: exact; see :mod:`anyseg.predictors.precision`); the prompt encoder and the
+    mask resizing stay in fp32.
     """
 
     def __init__(self, model, mask_threshold: float = 0.0, precision: str = "fp32") -> None:
@@ -84,7 +86,7 @@ class ImagePredictor:
         if not arrays:
             raise InvalidInputError("set_images() needs at least one image")
         batch = torch.stack([self.transform.image(a) for a in arrays]).to(self.model.device, self.model.dtype)
-        with autocast(self.model.device, self.precision):
+        with encoding(self.model.device, self.precision):
             features = self.model.encode_image(batch)
         self._features = features.to(dtype=self._features_dtype)
         self._sizes = [a.shape[:2] for a in arrays]

@@ -6,18 +6,23 @@ and attention under autocast in that type (weights stay fp32), and the image sid
 token MLPs of the image predictors' mask decoder on a copy of its weights
 (``MaskDecoder.copy_in``; the prompt tokens stay fp32): several times faster on CPUs with
 AMX/AVX-512-BF16 and on GPUs, at an accuracy cost measured in
-``benchmarks/precision_accuracy.py``.
+``benchmarks/precision_accuracy.py``. ``"int8"`` is ``"bf16"`` with the image encoder's wide
+linear layers in int8 on the CPU (:func:`~anyseg.models.common.int8_linears`): SAM 2's
+encode about a fifth faster again on CPUs with int8 dot-product instructions (VNNI), at a
+further accuracy cost, measured there on the fixtures' random weights only.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
 from anyseg.errors import InvalidInputError
+from anyseg.models.common import int8_linears
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.bfloat16}
+"""Each precision's reduced type (autocast's and the decoder copy's), None for fp32."""
 
 
 def check_precision(precision: str) -> str:
@@ -30,3 +35,11 @@ def autocast(device: torch.device, precision: str):
     """A context computing in ``precision`` on ``device`` (nothing for fp32)."""
     dtype = PRECISIONS[precision]
     return nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextmanager
+def encoding(device: torch.device, precision: str):
+    """The context of an image encode in ``precision`` on ``device``: :func:`autocast`, and for
+    ``"int8"`` on the CPU the encoder's wide linear layers in int8."""
+    with autocast(device, precision), int8_linears() if precision == "int8" and device.type == "cpu" else nullcontext():
+        yield

@@ -27,7 +27,7 @@ from anyseg.io.masks import small_components
 from anyseg.io.video import VideoSource, open_video
 from anyseg.models.features import ImageFeatures
 from anyseg.models.sam2_tracking import NO_OBJ_SCORE, Memory, TrackStep
-from anyseg.predictors.precision import autocast, check_precision
+from anyseg.predictors.precision import autocast, check_precision, encoding
 from anyseg.predictors.prompts import check_inside
 from anyseg.predictors.transforms import Sam2Transform
 
@@ -101,7 +101,9 @@ class VideoPredictor:
     ``fill_hole_area``: background regions of at most this many low-res pixels inside a
     mask are filled (official default 8; 0 disables). ``max_sprinkle_area``: foreground
     specks of at most this many pixels are removed (default 0, off). ``precision``
-    ``"bf16"`` / ``"fp16"`` opts in to faster reduced-precision compute (default exact fp32).
+    ``"bf16"`` / ``"fp16"`` opts in to faster reduced-precision compute, ``"int8"`` to bf16 with
+    the image encoder's wide linear layers in int8 on the CPU (default exact fp32; see
+    :mod:`anyseg.predictors.precision`).
     """
 
     def __init__(self, model, fill_hole_area: int = 8, max_sprinkle_area: int = 0, precision: str = "fp32") -> None:
@@ -401,7 +403,7 @@ class VideoSession:
                 self._has_frame(frame)
             image = self.transform.video_frame(self.video.get(frame))
             model = self.model
-            with self._autocast():
+            with encoding(model.device, self.predictor.precision):
                 feats = model.encode_image(image[None].to(model.device, model.dtype))
             self._features[frame] = feats
             while len(self._features) > self.feature_cache_size:

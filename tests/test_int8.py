@@ -1,0 +1,102 @@
+"""The opt-in int8 linear layers (``precision="int8"``): the quantizing and dequantizing
+loops against torch, which layers run in int8, and the image predictor's int8 encode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from anyseg import ImagePredictor, kernels
+from anyseg.models.common import INT8_DEPTH, Linear, int8_linears, linear, quantize_weight
+from anyseg.models.sam2 import build_sam2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantize_rows_is_symmetric_per_row(dtype):
+    torch.manual_seed(0)
+    x = (torch.randn(67, 40) * torch.logspace(-3, 3, 67)[:, None]).to(dtype)
+    x[5] = 0  # a row of zeros: scale 1, all zero
+    q, scale = kernels.quantize_rows(x)
+    xf = x.float()
+    top = xf.abs().amax(dim=1)
+    expected_scale = torch.where(top > 0, top / 127, torch.ones_like(top))
+    torch.testing.assert_close(scale, expected_scale, rtol=0, atol=0)
+    scaled = xf * torch.where(top > 0, 127 / top, 0)[:, None]
+    off = q.int() != torch.round(scaled).int()
+    # the same but where the scaled value lies within float rounding of a tie (x.5)
+    assert q.dtype == torch.int8 and off.float().mean() < 1e-2
+    assert (((q.int() - scaled).abs()[off] - 0.5).abs() < 1e-5).all()
+    assert (q.abs().amax(dim=1)[top > 0] == 127).all() and not q[5].any()
+
+
+def test_dequantize_rows_scales_and_adds_the_bias():
+    torch.manual_seed(0)
+    acc = torch.randint(-(2**20), 2**20, (33, 24), dtype=torch.int32)
+    row, col, bias = torch.rand(33) / 100, torch.rand(24) / 100, torch.randn(24)
+    out = kernels.dequantize_rows(acc, row, col, bias)
+    expected = acc.double() * row.double()[:, None] * col.double() + bias.double()
+    assert out.dtype == torch.bfloat16
+    # one rounding to bf16 (from float32 arithmetic): within a bf16 step
+    torch.testing.assert_close(out.double(), expected, rtol=2**-8, atol=1e-6)
+
+
+def test_int8_linear_matches_its_quantized_product():
+    torch.manual_seed(0)
+    layer = Linear(INT8_DEPTH, 2 * INT8_DEPTH).eval().requires_grad_(False)
+    x = torch.randn(2, 700, INT8_DEPTH)  # 1400 rows
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        full = layer(x)
+        with int8_linears():
+            y = layer(x)
+    # the same product from the quantized operands, in float64
+    q_t, col = quantize_weight(layer.weight)
+    rows, row = kernels.quantize_rows(x.reshape(-1, INT8_DEPTH))
+    expected = (rows.double() @ q_t.double()) * row.double()[:, None] * col.double() + layer.bias.double()
+    assert y.shape == full.shape and y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.reshape(-1, y.shape[-1]).double(), expected, rtol=2**-8, atol=1e-5)
+    # and close to the bf16 product: int8 rounding of both operands
+    assert (y.float() - full.float()).norm() / full.float().norm() < 0.02
+
+
+def test_int8_only_where_it_applies():
+    """Narrow layers, few rows, gradients and code outside the context keep the float path."""
+    torch.manual_seed(0)
+    wide = Linear(INT8_DEPTH, INT8_DEPTH).eval()
+    narrow = Linear(INT8_DEPTH, 96).eval()
+    x = torch.randn(1024, INT8_DEPTH)
+    with torch.no_grad():
+        outside = wide(x)
+        with int8_linears():
+            assert torch.equal(narrow(x), linear(x, narrow.weight, narrow.bias))
+            assert torch.equal(wide(x[:100]), linear(x[:100], wide.weight, wide.bias))
+            inside = wide(x)
+    assert inside.dtype == torch.bfloat16 and outside.dtype == torch.float32
+    with int8_linears():
+        assert wide(x).dtype == torch.float32  # gradients recorded: never int8
+
+
+def test_int8_weight_follows_loaded_weights():
+    layer = Linear(INT8_DEPTH, INT8_DEPTH).eval()
+    x = torch.randn(1024, INT8_DEPTH)
+    with torch.inference_mode(), int8_linears():
+        before = layer(x)
+        layer.load_state_dict({"weight": -layer.weight, "bias": layer.bias})
+        after = layer(x)
+    assert not torch.allclose(before.float(), after.float())
+
+
+def test_image_predictor_int8():
+    """SAM 2.1-tiny's stage-3 and stage-4 layers run in int8; the rest is the bf16 mode."""
+    torch.manual_seed(0)
+    model = build_sam2("sam2.1_hiera_t").eval().requires_grad_(False)
+    image = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    preds = {p: ImagePredictor(model, precision=p) for p in ("bf16", "int8")}
+    out = {}
+    for name, pred in preds.items():
+        pred.set_image(image)
+        out[name] = pred.predict(points=[[100, 120]], labels=[1])
+    quantized = [m for m in model.image_encoder.modules() if isinstance(m, Linear) and m._quantized_of._value is not None]
+    assert quantized and all(min(m.weight.shape) >= INT8_DEPTH for m in quantized)
+    assert preds["int8"].features().embed.dtype == torch.bfloat16
+    assert np.abs(out["int8"].scores - out["bf16"].scores).max() < 0.05
