@@ -236,10 +236,10 @@ _int8 = ContextVar("anyseg_int8_linears", default=False)
 def int8_linears():
     """Within this context (in this thread or task), :class:`Linear` layers compute products
     of at least :data:`ONEDNN_ROWS` rows and :data:`INT8_DEPTH` input and output features on
-    the CPU in int8, without gradients: weights quantized per output feature (once, and kept), inputs
-    per row at each call, both symmetric; int32 products scaled back, plus the float32 bias,
-    to bf16 (the type autocast gives a product). The ``"int8"`` precision's image encode
-    (:mod:`anyseg.predictors.precision`)."""
+    the CPU in int8, without gradients: weights quantized per output feature (once, and
+    kept), inputs per row at each call, both symmetric (``torch._int_mm`` multiplies them);
+    the int32 products scaled back, plus the float32 bias, to bf16 (the type autocast gives
+    a product). The ``"int8"`` precision's image encode (:mod:`anyseg.predictors.precision`)."""
     token = _int8.set(True)
     try:
         yield
@@ -253,7 +253,6 @@ def _int8_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
         k >= INT8_DEPTH
         and n >= INT8_DEPTH
         and x.numel() >= ONEDNN_ROWS * k
-        and k % 8 == 0 and n % 8 == 0  # the int8 product's kernel works in groups of 8
         and x.dtype in (torch.float32, torch.bfloat16)
         and x.device.type == "cpu"
         and not torch.is_grad_enabled()
