@@ -230,6 +230,7 @@ of the work); and on narrow outputs the pass that quantizes the inputs costs mor
 product saves (65536 x 384 x 96: 17.3 vs 14.5 ms in all)."""
 
 _int8 = ContextVar("anyseg_int8_linears", default=False)
+_int_mm = getattr(torch, "_int_mm", None)  # torch's int8 x int8 -> int32 product (absent: no int8)
 
 
 @contextmanager
@@ -250,7 +251,8 @@ def int8_linears():
 def _int8_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     n, k = weight.shape
     return (
-        k >= INT8_DEPTH
+        _int_mm is not None
+        and k >= INT8_DEPTH
         and n >= INT8_DEPTH
         and x.numel() >= ONEDNN_ROWS * k
         and x.dtype in (torch.float32, torch.bfloat16)
@@ -285,7 +287,7 @@ class Linear(nn.Linear):
             q_t, col_scale = self._quantized_of.get((self.weight,), lambda: quantize_weight(self.weight))
             bias = torch.zeros(q_t.shape[1]) if self.bias is None else self.bias.detach().float()
             rows, row_scale = kernels.quantize_rows(x.reshape(-1, x.shape[-1]))
-            y = kernels.dequantize_rows(torch._int_mm(rows, q_t), row_scale, col_scale, bias)
+            y = kernels.dequantize_rows(_int_mm(rows, q_t), row_scale, col_scale, bias)
             return y.reshape(*x.shape[:-1], -1)
         return linear(x, self.weight, self.bias)
 
