@@ -70,9 +70,9 @@ def mask_product(start, stop, words, bf16, gelu, table, hyper, h, w, out):
                 elif bf16:
                     for ch in range(c):
                         wide[ch] = np.uint32(words[b, base + s, ch]) << 16
-                else:  # little-endian float32: low word first
+                else:  # float32: two words each
                     for ch in range(c):
-                        wide[ch] = np.uint32(words[b, base + s, 2 * ch]) | np.uint32(words[b, base + s, 2 * ch + 1]) << 16
+                        wide[ch] = _float32_bits(words[b, base + s, 2 * ch], words[b, base + s, 2 * ch + 1])
                 y = 4 * i + 2 * (s >> 3) + ((s >> 1) & 1)
                 x = 4 * j + 2 * ((s >> 2) & 1) + (s & 1)
                 for m in range(hyper.shape[1]):
@@ -88,6 +88,12 @@ def _bf16_bits(bits):
     16 bits of the result (integer arithmetic, so the loops around it vectorise). A NaN stays
     a NaN as long as its low 16 bits are zero, as they are for NaNs made from bf16 inputs."""
     return (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+
+
+@numba.njit(inline="always")
+def _float32_bits(low, high):
+    """The bits of a little-endian float32 stored as two 16-bit words, low word first."""
+    return np.uint32(low) | np.uint32(high) << np.uint32(16)
 
 
 @numba.njit(inline="always")
@@ -223,9 +229,9 @@ def quantize_rows(start, stop, words, bf16, q, scale):
         if bf16:
             for j in range(k):
                 wide[j] = np.uint32(w[j]) << np.uint32(16)
-        else:  # little-endian float32: low word first
+        else:  # float32: two words each
             for j in range(k):
-                wide[j] = np.uint32(w[2 * j]) | np.uint32(w[2 * j + 1]) << np.uint32(16)
+                wide[j] = _float32_bits(w[2 * j], w[2 * j + 1])
         top = np.float32(0)
         for j in range(k):
             top = max(top, abs(row[j]))

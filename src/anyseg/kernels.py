@@ -1,6 +1,8 @@
 """Compiled CPU loops for the memory-bound steps of a click, where a chain of torch
 operations would pass over large arrays several times (or reorder them element by element),
-and for the bf16 encoders' softmax over short rows, where torch's per-row cost dominates.
+for the bf16 encoders' softmax over short rows, where torch's per-row cost dominates, and
+for the int8 linear layers' quantizing and dequantizing passes (each one pass, where torch
+would take several).
 
 The loops are in :mod:`anyseg._loops`, compiled by numba on first use (importing anyseg
 does not import numba; the machine code is cached on disk). Where torch runs on GNU OpenMP

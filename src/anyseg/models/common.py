@@ -276,16 +276,21 @@ class Linear(nn.Linear):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._quantized_of = LastResult()  # the int8 weight, see forward
+        self._quantized_of = LastResult()  # the int8 weight and float32 bias, see forward
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._quantized_of.clear()  # the kept int8 weight is of the old weights
+        self._quantized_of.clear()  # the kept int8 weight is of the old parameters
         super()._load_from_state_dict(*args, **kwargs)
+
+    def _quantized(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`quantize_weight` of the weight, and the bias as float32 (zeros without one)."""
+        bias = torch.zeros(self.out_features) if self.bias is None else self.bias.detach().float()
+        return (*quantize_weight(self.weight), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _int8.get() and _int8_applies(x, self.weight):
-            q_t, col_scale = self._quantized_of.get((self.weight,), lambda: quantize_weight(self.weight))
-            bias = torch.zeros(q_t.shape[1]) if self.bias is None else self.bias.detach().float()
+            params = (self.weight,) if self.bias is None else (self.weight, self.bias)
+            q_t, col_scale, bias = self._quantized_of.get(params, self._quantized)
             rows, row_scale = kernels.quantize_rows(x.reshape(-1, x.shape[-1]))
             y = kernels.dequantize_rows(_int_mm(rows, q_t), row_scale, col_scale, bias)
             return y.reshape(*x.shape[:-1], -1)
