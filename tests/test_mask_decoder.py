@@ -173,11 +173,11 @@ def test_kept_first_layer_projections_change_nothing():
 @pytest.mark.parametrize("wanted", [slice(None), slice(1, None), slice(0, 1)])
 def test_batched_hypernetworks_equal_each_mlp_and_follow_weight_changes(wanted):
     dec = decoder()
-    tokens = torch.randn(2, 4, 32)
+    tokens = torch.randn(2, len(range(4)[wanted]), 32)  # the wanted mask tokens' outputs
 
     def each():
         mlps = dec.output_hypernetworks_mlps
-        return torch.stack([mlps[i](tokens[:, i]) for i in range(4)[wanted]], dim=1)
+        return torch.stack([mlps[i](tokens[:, j]) for j, i in enumerate(range(4)[wanted])], dim=1)
 
     with torch.no_grad():
         torch.testing.assert_close(dec._hypernetworks(tokens, wanted), each())
@@ -186,6 +186,24 @@ def test_batched_hypernetworks_equal_each_mlp_and_follow_weight_changes(wanted):
     with torch.enable_grad():  # training: the MLPs themselves, gradients flow to them
         dec._hypernetworks(tokens, wanted).sum().backward()
     assert dec.output_hypernetworks_mlps[range(4)[wanted][-1]].layers[0].weight.grad is not None
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("masks_of", [slice(None), slice(1, None), slice(0, 1)])
+def test_outputs_not_asked_for_change_nothing(masks_of):
+    dec = MaskDecoder(MaskDecoderConfig(dim=32, use_high_res_features=True, pred_obj_scores=True)).eval()
+    for p in dec.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    inputs = prompt_inputs(dec)
+    full = dec.predict_all(*inputs, masks_of=masks_of)
+    lean = dec.predict_all(*inputs, masks_of=masks_of, object_score=False, tokens=False)
+    assert lean.tokens is None and lean.object_score is None
+    torch.testing.assert_close(lean.masks, full.masks, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(lean.iou, full.iou, rtol=1e-6, atol=1e-6)
+    scored = dec.predict_all(*inputs, masks_of=masks_of, tokens=False)
+    torch.testing.assert_close(scored.object_score, full.object_score, rtol=1e-6, atol=1e-6)
+    chosen = dec(*inputs[:4], multimask=masks_of == slice(1, None), high_res_features=inputs[4], tokens=False)
+    assert chosen.tokens is None
 
 
 @torch.inference_mode()

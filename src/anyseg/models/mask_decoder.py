@@ -37,7 +37,7 @@ class MaskDecoderConfig:
 class DecoderOutput:
     """``masks`` ``(B, M, 4h, 4w)`` logits (of the M mask tokens asked for), ``iou``
     ``(B, K)``, ``tokens`` ``(B, K', C)`` (the mask tokens the object pointer is made from),
-    ``object_score`` ``(B, 1)`` logits (None when not asked for)."""
+    ``object_score`` ``(B, 1)`` logits (those two None when not asked for)."""
 
     masks: torch.Tensor
     iou: torch.Tensor
@@ -147,6 +147,7 @@ class MaskDecoder(nn.Module):
         image_offset: torch.Tensor | None = None,
         masks_of: slice = slice(None),
         object_score: bool = True,
+        tokens: bool = True,
     ) -> DecoderOutput:
         """Every mask token's output, before the multimask choice.
 
@@ -156,7 +157,9 @@ class MaskDecoder(nn.Module):
         ``image_offset`` ``(C,)`` added to the embedding first (SAM 2's ``no_mem_embed``).
         ``masks_of``: the mask tokens whose masks are made (all by default; the scores and
         tokens are every token's). ``object_score``: whether the object-presence score is
-        made (else None).
+        made (else None). ``tokens``: whether every mask token's output is returned (the
+        tracker's object pointer is made from them; else ``tokens`` is None). The last
+        attention computes only the outputs asked for.
         """
         sparse = sparse.to(self.iou_token.weight.dtype)  # the token side's type (see copy_in)
         b = sparse.shape[0]
@@ -164,17 +167,23 @@ class MaskDecoder(nn.Module):
         if self.cfg.pred_obj_scores:
             heads.insert(0, self.obj_score_token.weight)
         first = 1 if self.cfg.pred_obj_scores else 0
-        tokens = torch.cat(heads, dim=0).unsqueeze(0).expand(b, -1, -1)
-        tokens = torch.cat((tokens, sparse), dim=1)
+        prompt = torch.cat(heads, dim=0).unsqueeze(0).expand(b, -1, -1)
+        prompt = torch.cat((prompt, sparse), dim=1)
 
+        # the outputs read below, in this order: object score, IoU, then the mask tokens
+        # (all of them, or those whose masks are made)
+        score_rows = [0] if object_score and self.cfg.pred_obj_scores else []
+        mask_ids = range(self.num_mask_tokens) if tokens else range(self.num_mask_tokens)[masks_of]
+        rows = score_rows + [first] + [first + 1 + i for i in mask_ids]
         h, w = image_embed.shape[-2:]
         side = self._image_side(image_embed, image_pe, dense, image_offset)
-        hs, src = self.transformer(side.keys.expand(b, -1, -1), side.key_pe, tokens, side.projected)  # (B, h w, C)
-        iou_token_out = hs[:, first, :]
-        mask_tokens_out = hs[:, first + 1 : first + 1 + self.num_mask_tokens, :]
+        hs, src = self.transformer(side.keys.expand(b, -1, -1), side.key_pe, prompt, side.projected, rows)
+        iou_token_out = hs[:, len(score_rows), :]
+        mask_tokens_out = hs[:, len(score_rows) + 1 :, :]  # (B, len(mask_ids), C)
 
         up = self._upscale(src, high_res_features)  # (B, 16 h w, C/8), in blocks, before the last GELU
-        hyper_in = self._hypernetworks(mask_tokens_out, masks_of)
+        made = mask_tokens_out[:, masks_of] if tokens else mask_tokens_out
+        hyper_in = self._hypernetworks(made, masks_of)
         if loops_apply(up):  # the GELU (SAM's exact nn.GELU) a lookup inside the product
             masks = mask_product(up, hyper_in, h, w, gelu=True)  # fp32, in raster order
         else:  # without gradients the GELU runs in place: no new 8 MB buffer
@@ -191,7 +200,7 @@ class MaskDecoder(nn.Module):
             score = self.pred_obj_score_head(hs[:, 0, :])
         else:
             score = 10.0 * iou.new_ones(iou.shape[0], 1)
-        return DecoderOutput(masks, iou, mask_tokens_out, score)
+        return DecoderOutput(masks, iou, mask_tokens_out if tokens else None, score)
 
     def _upscale(self, x: torch.Tensor, high_res_features: list[torch.Tensor] | None) -> torch.Tensor:
         """``output_upscaling`` (with SAM 2's high-res skips) on image tokens ``(B, h w, C)``
@@ -218,11 +227,11 @@ class MaskDecoder(nn.Module):
 
     def _hypernetworks(self, tokens: torch.Tensor, wanted: slice) -> torch.Tensor:
         """The hypernetwork MLPs of the ``wanted`` mask tokens on their outputs ``tokens``
-        ``(B, K, C)``: ``(B, K', C/8)``. Without gradients, as one batched product per layer
+        ``(B, K', C)``: ``(B, K', C/8)``. Without gradients, as one batched product per layer
         over the tokens (the K MLPs' weights stacked once and kept, :class:`LastResult`)."""
         mlps = self.output_hypernetworks_mlps
         if torch.is_grad_enabled():
-            return torch.stack([mlps[i](tokens[:, i, :]) for i in range(len(mlps))[wanted]], dim=1)
+            return torch.stack([mlps[i](tokens[:, j, :]) for j, i in enumerate(range(len(mlps))[wanted])], dim=1)
         params = [p for mlp in mlps for p in mlp.parameters()]
 
         def stack():  # per layer: weights (K, in, out), biases (K, 1, out)
@@ -230,7 +239,7 @@ class MaskDecoder(nn.Module):
                      torch.stack([mlp.layers[i].bias for mlp in mlps])[:, None])
                     for i in range(len(mlps[0].layers))]
 
-        x = tokens[:, wanted].transpose(0, 1)  # (K', B, C)
+        x = tokens.transpose(0, 1)  # (K', B, C)
         layers = self._stacked_of.get(params, stack)
         for i, (weight, bias) in enumerate(layers):
             x = torch.baddbmm(bias[wanted], x, weight[wanted])
@@ -321,18 +330,21 @@ class MaskDecoder(nn.Module):
             masks, iou = self._dynamic_single_mask(out.masks, out.iou)
         else:
             masks, iou = out.masks, out.iou[:, 0:1]
-        if multimask and self.cfg.use_multimask_token_for_obj_ptr:
+        if out.tokens is None:
+            tokens = None
+        elif multimask and self.cfg.use_multimask_token_for_obj_ptr:
             tokens = out.tokens[:, 1:]
         else:
             tokens = out.tokens[:, 0:1]
         return DecoderOutput(masks, iou, tokens, out.object_score)
 
     def forward(self, image_embed, image_pe, sparse, dense, multimask: bool, high_res_features=None,
-                image_offset=None, object_score: bool = True) -> DecoderOutput:
+                image_offset=None, object_score: bool = True, tokens: bool = True) -> DecoderOutput:
         """:meth:`predict_all` (making only the masks that will be kept) then :meth:`_select`;
-        ``object_score``: whether the object-presence score is made (the tracker's)."""
+        ``object_score`` and ``tokens``: whether the object-presence score and the mask
+        tokens' outputs are made (the tracker's; an image prediction needs neither)."""
         out = self.predict_all(image_embed, image_pe, sparse, dense, high_res_features, image_offset,
-                               self._masks_of(multimask), object_score)
+                               self._masks_of(multimask), object_score, tokens)
         return self._select(out, multimask)
 
     def _dynamic_single_mask(self, masks: torch.Tensor, iou: torch.Tensor):

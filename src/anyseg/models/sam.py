@@ -138,7 +138,8 @@ class SamModel(nn.Module):
         batch = 1 if mask_input is None else mask_input.shape[0]
         sparse, dense = self.prompt_encoder(coords, labels, mask_input, batch_size=batch)
         decoder = self.mask_decoder if decoder is None else decoder
-        return decoder(features.embed, self.prompt_encoder.dense_pe(), sparse, dense, multimask, object_score=False)
+        return decoder(features.embed, self.prompt_encoder.dense_pe(), sparse, dense, multimask,
+                       object_score=False, tokens=False)
 
 
 def build_sam(preset: str | SamConfig, **overrides) -> SamModel:

@@ -214,16 +214,19 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(dim)
 
     def forward(self, keys: torch.Tensor, key_pe: torch.Tensor, tokens: torch.Tensor,
-                projected: ImageProjections | None = None):
+                projected: ImageProjections | None = None, rows: list[int] | None = None):
         """``keys`` ``(B, h*w, C)`` image tokens, ``key_pe`` ``(1, h*w, C)``, ``tokens``
         ``(B, N, C)``; ``projected``: the first layer's :meth:`~TwoWayAttentionBlock.project_image`
-        of ``keys`` when it is known.
+        of ``keys`` when it is known; ``rows``: the tokens whose outputs are wanted (all by
+        default). The last attention, from each token to the image alone, runs for those only.
 
-        Returns the tokens ``(B, N, C)`` and image tokens ``(B, h*w, C)``.
+        Returns the tokens ``(B, len(rows), C)`` and image tokens ``(B, h*w, C)``.
         """
         queries, keys_pe = tokens, None
         for i, layer in enumerate(self.layers):
             queries, keys, keys_pe = layer(queries, keys, tokens, key_pe, projected if i == 0 else None,
                                            own_keys=i > 0 and not torch.is_grad_enabled(), keys_pe=keys_pe)
+        if rows is not None and len(rows) < tokens.shape[1]:
+            queries, tokens = queries[:, rows], tokens[:, rows]
         attn = tokens_to_image(self.final_attn_token_to_image, queries + tokens, keys_pe, keys)
         return self.norm_final_attn(queries + attn), keys
