@@ -21,36 +21,97 @@ from numba.extending import intrinsic
 _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 
+RESIZE_WINDOW = 8
+"""Low-res rows :func:`resize_threshold` keeps resized along x (a ring: row r in slot
+``r % 8``); an output row reads at most 3 consecutive ones (4 taps over two stages)."""
+
+
 @numba.njit(**_OPTIONS)
-def blend_rows_threshold(start, stop, rows, peaks, taps, weights, threshold, out):
-    n_taps = taps.shape[1]
-    for k in range(rows.shape[0]):  # per map: the next output row reads the same rows, still in L1
+def resize_threshold(start, stop, maps, taps, weights, plan_index, plan_weight, plan_base, plan_size, threshold,
+                     out):
+    """Output rows ``[start, stop)`` of every map: ``out[k, i, j] = sum_t x[taps[i, t], j] *
+    weights[i, t] > threshold``, where ``x`` is ``maps[k]`` resized along its rows by the
+    plan's stages (:func:`_resize_row`), each low-res row once, when an output row needs it."""
+    n_taps, width = taps.shape[1], out.shape[2]
+    lo, hi = taps[start, 0], taps[start, 0]
+    for i in range(start, stop):
+        for t in range(n_taps):
+            lo, hi = min(lo, taps[i, t]), max(hi, taps[i, t])
+    peaks = np.empty(hi + 1 - lo, np.float32)
+    window = np.empty((RESIZE_WINDOW, plan_index.shape[2]), np.float32)
+    scratch = np.empty((2, plan_index.shape[2]), np.float32)
+    held = np.empty(RESIZE_WINDOW, np.int64)
+    for k in range(maps.shape[0]):
+        # a bound of each row's resized values: a linear resize takes convex combinations,
+        # which exceed their largest term only by rounding (relative, or absolute among
+        # subnormals); a bound too high merely skips fewer rows. NaNs are left out: every
+        # sample they reach is NaN, and compares False.
+        for r in range(lo, hi + 1):
+            m = -np.inf
+            for v in maps[k, r]:
+                m = max(m, v)
+            peaks[r - lo] = m + abs(m) * np.float32(2**-16) + np.float32(1e-37)
+        held[:] = -1
         for i in range(start, stop):
             o = out[k, i]
-            bound = peaks[k, taps[i, 0]] * weights[i, 0]
+            # rounding is monotonic: the row's weighted bounds bound each of its pixels exactly
+            bound = peaks[taps[i, 0] - lo] * weights[i, 0]
             for t in range(1, n_taps):
-                bound += peaks[k, taps[i, t]] * weights[i, t]
+                bound += peaks[taps[i, t] - lo] * weights[i, t]
             if bound <= threshold:
                 o[:] = False
                 continue
-            # one pass per row: the sums of one or two stages' taps spelled out (in order)
-            a, u = rows[k, taps[i, 0]], weights[i, 0]
+            for t in range(n_taps):
+                r = taps[i, t]
+                if held[r % RESIZE_WINDOW] != r:
+                    _resize_row(maps[k, r], window[r % RESIZE_WINDOW], scratch, plan_index, plan_weight, plan_base,
+                                plan_size)
+                    held[r % RESIZE_WINDOW] = r
+            # the sums of one or two stages' taps spelled out (in order)
+            a, u = window[taps[i, 0] % RESIZE_WINDOW], weights[i, 0]
             if n_taps == 2:
-                b, v = rows[k, taps[i, 1]], weights[i, 1]
-                for j in range(o.shape[0]):
+                b, v = window[taps[i, 1] % RESIZE_WINDOW], weights[i, 1]
+                for j in range(width):
                     o[j] = a[j] * u + b[j] * v > threshold
             elif n_taps == 4:
-                b, v = rows[k, taps[i, 1]], weights[i, 1]
-                c, x = rows[k, taps[i, 2]], weights[i, 2]
-                d, y = rows[k, taps[i, 3]], weights[i, 3]
-                for j in range(o.shape[0]):
+                b, v = window[taps[i, 1] % RESIZE_WINDOW], weights[i, 1]
+                c, x = window[taps[i, 2] % RESIZE_WINDOW], weights[i, 2]
+                d, y = window[taps[i, 3] % RESIZE_WINDOW], weights[i, 3]
+                for j in range(width):
                     o[j] = a[j] * u + b[j] * v + c[j] * x + d[j] * y > threshold
             else:
-                for j in range(o.shape[0]):
+                for j in range(width):
                     acc = a[j] * u
                     for t in range(1, n_taps):
-                        acc += rows[k, taps[i, t], j] * weights[i, t]
+                        acc += window[taps[i, t] % RESIZE_WINDOW, j] * weights[i, t]
                     o[j] = acc > threshold
+
+
+@numba.njit(inline="always")
+def _resize_row(row, dst, scratch, plan_index, plan_weight, plan_base, plan_size):
+    """``row`` through the plan's linear resizes along x into ``dst``, each sample
+    ``fma(x[i0], w0, x[i1] * w1)`` (torch's CPU kernel's arithmetic, to the bit). Stage s
+    makes ``plan_size[s]`` samples. With chunks (``plan_base[s, 0] >= 0``), each 16 samples
+    read 5 consecutive inputs from ``plan_base[s, chunk]`` on, and ``plan_index[s]`` holds
+    offsets into those (selected, not gathered: several times faster); else the indices."""
+    src = row
+    for s in range(plan_index.shape[0]):
+        o = dst if s == plan_index.shape[0] - 1 else scratch[s % 2]
+        i0, i1, w0, w1 = plan_index[s, 0], plan_index[s, 1], plan_weight[s, 0], plan_weight[s, 1]
+        if plan_base[s, 0] >= 0:
+            for c in range(-(-plan_size[s] // 16)):
+                b = plan_base[s, c]
+                x0, x1, x2, x3, x4 = src[b], src[b + 1], src[b + 2], src[b + 3], src[b + 4]
+                for jj in range(16):  # a constant count: the loop is unrolled into vectors
+                    j = 16 * c + jj
+                    e, f = i0[j], i1[j]
+                    p = x0 if e == 0 else (x1 if e == 1 else (x2 if e == 2 else (x3 if e == 3 else x4)))
+                    q = x0 if f == 0 else (x1 if f == 1 else (x2 if f == 2 else (x3 if f == 3 else x4)))
+                    o[j] = _fma(p, w0[j], q * w1[j])
+        else:
+            for j in range(plan_size[s]):
+                o[j] = _fma(src[i0[j]], w0[j], src[i1[j]] * w1[j])
+        src = o
 
 
 # the 32-term dot products may be summed in any order
@@ -273,6 +334,17 @@ def _as_bits(typingctx, value):
 
 
 @intrinsic
+def _fma(typingctx, a, b, c):
+    """``a * b + c`` of float32s, rounded once."""
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        return builder.call(builder.module.declare_intrinsic("llvm.fma", [f32], ir.FunctionType(f32, [f32] * 3)), args)
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+@intrinsic
 def _pointer(typingctx, address):
     def codegen(context, builder, signature, args):
         return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
@@ -303,17 +375,20 @@ def _next_part(d):
 
 
 @numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
-def blend_rows_threshold_team(data):
+def resize_threshold_team(data):
     d = numba.carray(data, (64,), np.int64)
-    rows = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.float32)
-    peaks = numba.carray(_pointer(d[7]), (d[8], d[9]), np.float32)
-    taps = numba.carray(_pointer(d[10]), (d[11], d[12]), np.int64)
-    weights = numba.carray(_pointer(d[13]), (d[14], d[15]), np.float32)
-    threshold = numba.carray(_pointer(d[16]), (d[17],), np.float32)[0]
-    out = numba.carray(_pointer(d[18]), (d[19], d[20], d[21]), np.bool_)
+    maps = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.float32)
+    taps = numba.carray(_pointer(d[7]), (d[8], d[9]), np.int64)
+    weights = numba.carray(_pointer(d[10]), (d[11], d[12]), np.float32)
+    plan_index = numba.carray(_pointer(d[13]), (d[14], d[15], d[16]), np.int32)
+    plan_weight = numba.carray(_pointer(d[17]), (d[18], d[19], d[20]), np.float32)
+    plan_base = numba.carray(_pointer(d[21]), (d[22], d[23]), np.int64)
+    plan_size = numba.carray(_pointer(d[24]), (d[25],), np.int64)
+    threshold = numba.carray(_pointer(d[26]), (d[27],), np.float32)[0]
+    out = numba.carray(_pointer(d[28]), (d[29], d[30], d[31]), np.bool_)
     start, stop = _next_part(d)
     while start < stop:
-        blend_rows_threshold(start, stop, rows, peaks, taps, weights, threshold, out)
+        resize_threshold(start, stop, maps, taps, weights, plan_index, plan_weight, plan_base, plan_size, threshold, out)
         start, stop = _next_part(d)
 
 

@@ -79,18 +79,21 @@ def _words(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().view(torch.uint16).numpy()
 
 
-def blend_rows_threshold(rows: np.ndarray, peaks: np.ndarray, taps: np.ndarray, weights: np.ndarray,
-                         threshold: float, out: np.ndarray) -> None:
-    """``out[k, i] = sum_t rows[k, taps[i, t]] * weights[i, t] > threshold`` (summed in
-    order of t) for ``rows`` ``(K, h, W)`` float32 with bounds ``peaks`` ``(K, h)`` (each at
-    least its row's maximum), ``taps`` / ``weights`` ``(H, T)`` (weights non-negative) and
-    ``out`` ``(K, H, W)`` bool.
+def resize_threshold(maps: np.ndarray, taps: np.ndarray, weights: np.ndarray, plan: tuple[np.ndarray, ...],
+                     threshold: float, out: np.ndarray) -> None:
+    """``out[k, i] = sum_t x[taps[i, t]] * weights[i, t] > threshold`` (summed in order of
+    t) where ``x`` is ``maps[k]`` ``(h, w)`` float32 resized along its rows by ``plan`` (see
+    :func:`anyseg.predictors.transforms.horizontal_plan`): ``taps`` / ``weights`` ``(H, T)``
+    (weights non-negative), ``out`` ``(K, H, W)`` bool.
 
-    An output row is written all False without visiting its pixels when the same weighted
-    sum of its rows' bounds is not above the threshold: rounding is monotonic, so that sum
-    bounds every pixel of the row exactly (most rows of a mask are background).
+    Each low-res row is resized when an output row first needs it, into a small window
+    that stays in the caches (no resized map is written). An output row is written all
+    False without visiting its pixels when the same weighted sum of its rows' bounds (their
+    maxima, up to rounding) is not above the threshold: rounding is monotonic, so that sum
+    bounds every pixel of the row exactly (most rows of a mask are background), and the
+    rows it reads are not even resized.
     """
-    _run("blend_rows_threshold", out.shape[1], rows, peaks, taps, weights, np.float32(threshold), out)
+    _run("resize_threshold", out.shape[1], maps, taps, weights, *plan, np.float32(threshold), out)
 
 
 def mask_product(features: torch.Tensor, hyper: torch.Tensor, h: int, w: int, gelu: bool = False) -> torch.Tensor:

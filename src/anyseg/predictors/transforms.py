@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from anyseg.kernels import blend_rows_threshold
+from anyseg import kernels
 
 # (size, crop): bilinearly resize to ``size`` (h, w), then keep the top-left ``crop`` (h, w)
 Stage = tuple[tuple[int, int], tuple[int, int]]
@@ -73,49 +73,56 @@ def resize_threshold(maps: torch.Tensor, stages: list[Stage], threshold: float) 
     """``(N, h, w)`` maps through bilinear ``stages`` (as :meth:`Transform.masks` does), then
     ``> threshold``: ``(N, H, W)`` bool, at a fraction of the time on CPU.
 
-    Bilinear resizing is separable, so the rows are first resized along x through every
-    stage by torch (on the low-res rows only, and only those the vertical resizes reach: a
-    crop may leave some out); each output row is then a weighted sum of at most
-    ``2 ** len(stages)`` of those rows, which one compiled loop adds up and compares, writing
-    only the booleans (no float map at the image size) and skipping the output rows that
-    cannot reach the threshold (:func:`~anyseg.kernels.blend_rows_threshold`). The
-    values equal torch's up to float rounding: a pixel whose logit is within rounding of
-    the threshold may differ.
+    Bilinear resizing is separable: each low-res row is resized along x through every stage
+    (torch's arithmetic, :func:`horizontal_plan`), and each output row is then a weighted
+    sum of at most ``2 ** len(stages)`` of those rows, which one compiled loop computes,
+    adds up and compares, writing only the booleans (no float map at the image size) and
+    skipping the output rows that cannot reach the threshold
+    (:func:`~anyseg.kernels.resize_threshold`). With one stage the result is torch's to the
+    bit; over two stages the vertical sums are composed, so a pixel whose logit is within
+    rounding of the threshold may differ.
     """
     if maps.device.type != "cpu":
         return (_resize(maps, stages)[:, 0] > threshold).cpu().numpy()
-    n, _, w = maps.shape
     taps, weights = _composed_taps(maps.shape[1], tuple(stages))
-    h = int(taps.max()) + 1
-    rows = maps[:, :h].float().reshape(n * h, 1, w)
-    # bounds of the resized rows, from the few low-res samples: a linear resize takes convex
-    # combinations, which exceed their largest term only by rounding (relative, or absolute
-    # among subnormals); a bound too high merely skips fewer rows
-    peaks = rows.amax(dim=-1).reshape(n, h)
-    peaks = peaks + peaks.abs() * 2**-16 + 1e-37
-    for size, (_, cw) in stages:
-        rows = _resize_kept(rows, size[1], cw)
-    out = np.empty((n, len(taps), rows.shape[-1]), dtype=np.bool_)
-    rows = rows.reshape(n, h, -1).contiguous()
-    blend_rows_threshold(rows.numpy(), peaks.numpy(), taps, weights, threshold, out)
+    plan = horizontal_plan(maps.shape[2], tuple(stages))
+    out = np.empty((maps.shape[0], len(taps), stages[-1][1][1]), dtype=np.bool_)
+    kernels.resize_threshold(maps.float().contiguous().numpy(), taps, weights, plan, threshold, out)
     return out
 
 
-def _resize_kept(rows: torch.Tensor, n_out: int, keep: int) -> torch.Tensor:
-    """``F.interpolate(rows, n_out, mode="linear")[..., :keep]`` for ``rows`` ``(N, 1, n)``,
-    computing only what is kept when ``n_out`` is a multiple ``f n``: the first ``keep``
-    outputs are then those of the first ``ceil(keep / f) + 1`` samples resized by the same
-    factor (the same source positions and weights, so the same values). SAM's resize to
-    1024 keeps as little as two thirds of its width."""
-    n = rows.shape[-1]
-    if n_out % n == 0:
-        factor = n_out // n
-        m = min(n, -(-keep // factor) + 1)
-        rows, n_out = rows[..., :m], m * factor
-    return F.interpolate(rows, n_out, mode="linear", align_corners=False)[..., :keep]
+@functools.cache
+def horizontal_plan(n_in: int, stages: tuple[Stage, ...]) -> tuple[np.ndarray, ...]:
+    """The horizontal resizes of ``stages`` (each to its kept width) for
+    :func:`anyseg.kernels.resize_threshold`: ``(index (S, 2, P) int32, weight (S, 2, P)
+    float32, base (S, P / 16) int64, size (S,) int64)``, P a multiple of 16. Stage s makes
+    ``size[s]`` samples, sample j ``fma(x[i0], w0, x[i1] * w1)`` with the source positions
+    and weights of :func:`_linear_taps` (``fused``: torch's CPU kernel computes a row's
+    positions with a fused multiply-add). Where every 16 samples read at most 5 consecutive
+    inputs (upscaling by 4 or more, as from 256 to most images), ``base`` holds each 16's
+    first input and ``index`` the offsets from it; else ``base`` is -1 and ``index`` holds
+    the inputs."""
+    sizes = [cw for _, (_, cw) in stages]
+    p = -(-max(sizes) // 16) * 16
+    index = np.zeros((len(stages), 2, p), np.int32)
+    weight = np.zeros((len(stages), 2, p), np.float32)
+    base = np.full((len(stages), p // 16), -1, np.int64)
+    n = n_in
+    for s, (size, (_, cw)) in enumerate(stages):
+        taps = [a[:cw] for a in _linear_taps(n, size[1], fused=True)]
+        i0, i1 = (np.concatenate([a, np.full(p - cw, a[-1])]) for a in taps[:2])
+        weight[s, :, :cw] = taps[2:]
+        first = np.minimum(i0[::16], n - 5)
+        offsets = np.stack([i0, i1]) - np.repeat(first, 16)
+        if n >= 5 and offsets.min() >= 0 and offsets.max() <= 4:
+            base[s] = first
+            index[s] = offsets
+        else:
+            index[s] = np.stack([i0, i1])
+        n = cw
+    return index, weight, base, np.array(sizes, np.int64)
 
 
-@functools.lru_cache(maxsize=32)
 def _composed_taps(n_in: int, stages: tuple[Stage, ...]) -> tuple[np.ndarray, np.ndarray]:
     """The rows of ``stages``' vertical resizes composed: output row ``i`` is
     ``sum_t weights[i, t] * x[taps[i, t]]``, ``(H, 2 ** len(stages))`` each."""
@@ -127,12 +134,19 @@ def _composed_taps(n_in: int, stages: tuple[Stage, ...]) -> tuple[np.ndarray, np
     return taps, weights
 
 
-def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, ...]:
+def _linear_taps(n_in: int, n_out: int, fused: bool = False) -> tuple[np.ndarray, ...]:
     """Source rows and weights of a linear resize from ``n_in`` to ``n_out`` samples with
     half-pixel centres, computed in float32 as torch's CPU kernel does: output ``i`` is
-    ``w0[i] * x[r0[i]] + w1[i] * x[r1[i]]``."""
+    ``w0[i] * x[r0[i]] + w1[i] * x[r1[i]]``. ``fused``: each source position ``scale * (i +
+    1/2) - 1/2`` rounded once (a fused multiply-add), as torch's kernel computes those of
+    the last axis."""
     f32 = np.float32
-    src = np.maximum(f32(n_in / n_out) * (np.arange(n_out, dtype=f32) + f32(0.5)) - f32(0.5), f32(0))
+    scale, centres = f32(n_in / n_out), np.arange(n_out, dtype=f32) + f32(0.5)
+    if fused:  # exact in float64 (a product of two floats, less one half), then rounded once
+        src = (scale.astype(np.float64) * centres - 0.5).astype(f32)
+    else:
+        src = scale * centres - f32(0.5)
+    src = np.maximum(src, f32(0))
     r0 = src.astype(np.int64)
     r1 = r0 + (r0 < n_in - 1)
     w1 = src - r0.astype(f32)
