@@ -221,6 +221,29 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
+_reorder_linear_weight = getattr(getattr(torch.ops, "mkldnn", None), "_reorder_linear_weight", None)
+
+
+def relu_mlp(x: torch.Tensor, first: nn.Linear, second: nn.Linear, packed: LastResult) -> torch.Tensor:
+    """``second(relu(first(x)))`` for ``x`` ``(..., C)`` of a few rows (a click's tokens).
+
+    On the CPU without gradients, in fp32 / bf16, through oneDNN's linear kernel with both
+    weights laid out for it once (kept in ``packed``, a :class:`LastResult` of the caller's)
+    and the ReLU applied inside the first product: each call of torch's product lays the
+    weight out again, which on a few rows is most of its time. Measured on an AMD EPYC (2
+    threads) for SAM's token MLP (8 x 256 -> 2048 -> 256): bf16 188 -> 108 us (the same
+    values), fp32 353 -> 160 us (summed in another order)."""
+    if (_onednn_linear is None or _reorder_linear_weight is None or torch.is_grad_enabled()
+            or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16)
+            or any(p.dtype != x.dtype for p in (first.weight, first.bias, second.weight, second.bias))):
+        return second(F.relu(first(x)))
+    weights = packed.get((first.weight, second.weight),
+                         lambda: (_reorder_linear_weight(first.weight, None), _reorder_linear_weight(second.weight, None)))
+    rows = x.reshape(-1, x.shape[-1])
+    hidden = _onednn_linear(rows, weights[0], first.bias, "relu", [], "")
+    return _onednn_linear(hidden, weights[1], second.bias, "none", [], "").reshape(*x.shape[:-1], -1)
+
+
 INT8_DEPTH = 384
 """Input and output widths from which :class:`Linear` runs in int8 under
 :func:`int8_linears`. On an AMD EPYC (2 threads, AVX-512 VNNI) torch's int8 product takes

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from anyseg.kernels import layer_norm_plus, loops_apply
-from anyseg.models.common import MLP, Attention, MLPBlock, linear, softmax_
+from anyseg.models.common import MLP, Attention, LastResult, MLPBlock, linear, relu_mlp, softmax_
 
 
 def per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -148,6 +148,11 @@ class TwoWayAttentionBlock(nn.Module):
         self.norm4 = nn.LayerNorm(dim)
         self.cross_attn_image_to_token = Attention(dim, num_heads, downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
+        self._packed_of = LastResult()  # the token MLP's weights laid out for oneDNN, see _mlp
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._packed_of.clear()  # the kept weights are the old ones
+        super()._load_from_state_dict(*args, **kwargs)
 
     def project_image(self, keys: torch.Tensor, key_pe: torch.Tensor) -> ImageProjections:
         """The image-side projections for image tokens ``keys`` ``(1, HW, C)``, in their type."""
@@ -167,10 +172,11 @@ class TwoWayAttentionBlock(nn.Module):
         )
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        """The token MLP in its weights' type (a decoder's reduced copy keeps them in bf16 /
-        fp16: see the module's docstring), the result in ``x``'s."""
-        dtype = next(self.mlp.parameters()).dtype
-        return self.mlp(x.to(dtype)).to(x.dtype)
+        """The token MLP (:func:`~anyseg.models.common.relu_mlp`) in its weights' type (a
+        decoder's reduced copy keeps them in bf16 / fp16: see the module's docstring), the
+        result in ``x``'s."""
+        first, second = (self.mlp.lin1, self.mlp.lin2) if isinstance(self.mlp, MLPBlock) else self.mlp.layers
+        return relu_mlp(x.to(first.weight.dtype), first, second, self._packed_of).to(x.dtype)
 
     def forward(self, queries, keys, query_pe, key_pe, projected: ImageProjections | None = None,
                 own_keys: bool = False, keys_pe: torch.Tensor | None = None):
