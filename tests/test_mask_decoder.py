@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from anyseg.kernels import gelu_words, layer_norm, layer_norm_plus, mask_product
+from anyseg.models.common import LastResult, relu_mlp
 from anyseg.models.mask_decoder import MaskDecoder, MaskDecoderConfig, _from_blocks
 from anyseg.models.two_way_transformer import softmax_
 
@@ -265,3 +266,25 @@ def test_softmax_over_its_input():
     probs = softmax_(scores * 1, -1)  # recorded: a new tensor, differentiable
     probs.sum().backward()
     assert scores.grad is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_mlp_on_laid_out_weights_is_the_layers(dtype):
+    # oneDNN's product on weights laid out once (kept), the ReLU inside it: the two layers'
+    # values, summed in another order (bf16: the same values on an AMD EPYC; the kernels
+    # may differ on other CPUs), of a batch of token sets; with gradients recorded, the
+    # layers themselves
+    g = torch.Generator().manual_seed(3)
+    first, second = torch.nn.Linear(256, 2048).to(dtype), torch.nn.Linear(2048, 256).to(dtype)
+    x = torch.randn(2, 7, 256, generator=g).to(dtype)
+    kept = LastResult()
+    with torch.no_grad():
+        expected = second(torch.relu(first(x)))
+        for _ in range(2):  # laid out, then reused
+            got = relu_mlp(x, first, second, kept)
+            assert got.shape == x.shape and got.dtype == dtype
+            tol = 2**-7 if dtype == torch.bfloat16 else 1e-5
+            torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+        assert kept.reused
+    trained = relu_mlp(x, first, second, kept)
+    assert trained.requires_grad
