@@ -233,9 +233,10 @@ def relu_mlp(x: torch.Tensor, first: nn.Linear, second: nn.Linear, packed: LastR
     weight out again, which on a few rows is most of its time. Measured on an AMD EPYC (2
     threads) for SAM's token MLP (8 x 256 -> 2048 -> 256): bf16 188 -> 108 us (the same
     values), fp32 353 -> 160 us (summed in another order)."""
+    params = (first.weight, first.bias, second.weight, second.bias)
     if (_onednn_linear is None or _reorder_linear_weight is None or torch.is_grad_enabled()
             or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16)
-            or any(p.dtype != x.dtype for p in (first.weight, first.bias, second.weight, second.bias))):
+            or any(p is None or p.dtype != x.dtype for p in params)):
         return second(F.relu(first(x)))
     weights = packed.get((first.weight, second.weight),
                          lambda: (_reorder_linear_weight(first.weight, None), _reorder_linear_weight(second.weight, None)))

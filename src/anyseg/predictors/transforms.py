@@ -91,7 +91,7 @@ def resize_threshold(maps: torch.Tensor, stages: list[Stage], threshold: float) 
     return out
 
 
-@functools.cache
+@functools.lru_cache(maxsize=32)
 def horizontal_plan(n_in: int, stages: tuple[Stage, ...]) -> tuple[np.ndarray, ...]:
     """The horizontal resizes of ``stages`` (each to its kept width) for
     :func:`anyseg.kernels.resize_threshold`: ``(index (S, 2, P) int32, weight (S, 2, P)
@@ -123,6 +123,7 @@ def horizontal_plan(n_in: int, stages: tuple[Stage, ...]) -> tuple[np.ndarray, .
     return index, weight, base, np.array(sizes, np.int64)
 
 
+@functools.lru_cache(maxsize=32)
 def _composed_taps(n_in: int, stages: tuple[Stage, ...]) -> tuple[np.ndarray, np.ndarray]:
     """The rows of ``stages``' vertical resizes composed: output row ``i`` is
     ``sum_t weights[i, t] * x[taps[i, t]]``, ``(H, 2 ** len(stages))`` each."""
