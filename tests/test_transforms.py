@@ -22,8 +22,12 @@ def test_resize_threshold_equals_interpolate_then_compare(size, loop_threads):
 
 def test_horizontal_plan_selects_where_it_can_and_gathers_elsewhere():
     # the cases of the test above: upscaling by 4 or more reads 5 inputs per 16 samples
-    chunked = {size: horizontal_plan(80, ((size, size),))[2][0, 0] >= 0 for size in [(1200, 1800), (100, 37)]}
+    chunked = {size: horizontal_plan(80, ((size, size),))[2][0] >= 0 for size in [(1200, 1800), (100, 37)]}
     assert chunked == {(1200, 1800): True, (100, 37): False}
+    # SAM 1's two stages (256 -> 1024 -> 1800) composed: three taps per sample, still selected
+    index, weight, base = horizontal_plan(256, tuple(Sam1Transform().stages((1200, 1800))))
+    assert index.shape == (3, 1808) and base[0] >= 0
+    assert np.allclose(weight.sum(axis=0)[:1800], 1.0, atol=1e-6)
 
 
 def test_resize_threshold_skips_background_rows_exactly(loop_threads):

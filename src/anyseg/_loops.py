@@ -23,23 +23,21 @@ _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 RESIZE_WINDOW = 8
 """Low-res rows :func:`resize_threshold` keeps resized along x (a ring: row r in slot
-``r % 8``); an output row reads at most 3 consecutive ones (4 taps over two stages)."""
+``r % 8``); an output row reads at most 3 consecutive ones (two stages composed)."""
 
 
 @numba.njit(**_OPTIONS)
-def resize_threshold(start, stop, maps, taps, weights, plan_index, plan_weight, plan_base, plan_size, threshold,
-                     out):
+def resize_threshold(start, stop, maps, taps, weights, plan_index, plan_weight, plan_base, threshold, out):
     """Output rows ``[start, stop)`` of every map: ``out[k, i, j] = sum_t x[taps[i, t], j] *
     weights[i, t] > threshold``, where ``x`` is ``maps[k]`` resized along its rows by the
-    plan's stages (:func:`_resize_row`), each low-res row once, when an output row needs it."""
+    plan (:func:`_resize_row`), each low-res row once, when an output row needs it."""
     n_taps, width = taps.shape[1], out.shape[2]
     lo, hi = taps[start, 0], taps[start, 0]
     for i in range(start, stop):
         for t in range(n_taps):
             lo, hi = min(lo, taps[i, t]), max(hi, taps[i, t])
     peaks = np.empty(hi + 1 - lo, np.float32)
-    window = np.empty((RESIZE_WINDOW, plan_index.shape[2]), np.float32)
-    scratch = np.empty((2, plan_index.shape[2]), np.float32)
+    window = np.empty((RESIZE_WINDOW, plan_index.shape[1]), np.float32)
     held = np.empty(RESIZE_WINDOW, np.int64)
     for k in range(maps.shape[0]):
         # a bound of each row's resized values: a linear resize takes convex combinations,
@@ -64,21 +62,19 @@ def resize_threshold(start, stop, maps, taps, weights, plan_index, plan_weight, 
             for t in range(n_taps):
                 r = taps[i, t]
                 if held[r % RESIZE_WINDOW] != r:
-                    _resize_row(maps[k, r], window[r % RESIZE_WINDOW], scratch, plan_index, plan_weight, plan_base,
-                                plan_size)
+                    _resize_row(maps[k, r], window[r % RESIZE_WINDOW], plan_index, plan_weight, plan_base, width)
                     held[r % RESIZE_WINDOW] = r
-            # the sums of one or two stages' taps spelled out (in order)
+            # the sums of one stage's taps, or of two composed stages' (3 rows), spelled out (in order)
             a, u = window[taps[i, 0] % RESIZE_WINDOW], weights[i, 0]
             if n_taps == 2:
                 b, v = window[taps[i, 1] % RESIZE_WINDOW], weights[i, 1]
                 for j in range(width):
                     o[j] = a[j] * u + b[j] * v > threshold
-            elif n_taps == 4:
+            elif n_taps == 3:
                 b, v = window[taps[i, 1] % RESIZE_WINDOW], weights[i, 1]
                 c, x = window[taps[i, 2] % RESIZE_WINDOW], weights[i, 2]
-                d, y = window[taps[i, 3] % RESIZE_WINDOW], weights[i, 3]
                 for j in range(width):
-                    o[j] = a[j] * u + b[j] * v + c[j] * x + d[j] * y > threshold
+                    o[j] = a[j] * u + b[j] * v + c[j] * x > threshold
             else:
                 for j in range(width):
                     acc = a[j] * u
@@ -88,30 +84,42 @@ def resize_threshold(start, stop, maps, taps, weights, plan_index, plan_weight, 
 
 
 @numba.njit(inline="always")
-def _resize_row(row, dst, scratch, plan_index, plan_weight, plan_base, plan_size):
-    """``row`` through the plan's linear resizes along x into ``dst``, each sample
-    ``fma(x[i0], w0, x[i1] * w1)`` (torch's CPU kernel's arithmetic, to the bit). Stage s
-    makes ``plan_size[s]`` samples. With chunks (``plan_base[s, 0] >= 0``), each 16 samples
-    read 5 consecutive inputs from ``plan_base[s, chunk]`` on, and ``plan_index[s]`` holds
+def _select(e, x0, x1, x2, x3, x4):
+    """``(x0, ..., x4)[e]`` as selects (vectorisable), not a gather."""
+    return x0 if e == 0 else (x1 if e == 1 else (x2 if e == 2 else (x3 if e == 3 else x4)))
+
+
+@numba.njit(inline="always")
+def _resize_row(row, dst, plan_index, plan_weight, plan_base, width):
+    """``row`` resized along x into ``dst[:width]`` by the plan's taps, each sample
+    ``fma(x[i0], w0, fma(x[i1], w1, ... x[iT] * wT))`` (with two taps, torch's CPU kernel's
+    arithmetic to the bit). With chunks (``plan_base[0] >= 0``; two or three taps), each 16
+    samples read 5 consecutive inputs from ``plan_base[chunk]`` on, and ``plan_index`` holds
     offsets into those (selected, not gathered: several times faster); else the indices."""
-    src = row
-    for s in range(plan_index.shape[0]):
-        o = dst if s == plan_index.shape[0] - 1 else scratch[s % 2]
-        i0, i1, w0, w1 = plan_index[s, 0], plan_index[s, 1], plan_weight[s, 0], plan_weight[s, 1]
-        if plan_base[s, 0] >= 0:
-            for c in range(-(-plan_size[s] // 16)):
-                b = plan_base[s, c]
-                x0, x1, x2, x3, x4 = src[b], src[b + 1], src[b + 2], src[b + 3], src[b + 4]
+    n_taps = plan_index.shape[0]
+    i0, w0, i1, w1 = plan_index[0], plan_weight[0], plan_index[1], plan_weight[1]
+    if plan_base[0] >= 0:
+        i2, w2 = plan_index[n_taps - 1], plan_weight[n_taps - 1]
+        for c in range(-(-width // 16)):
+            b = plan_base[c]
+            x0, x1, x2, x3, x4 = row[b], row[b + 1], row[b + 2], row[b + 3], row[b + 4]
+            if n_taps == 2:
                 for jj in range(16):  # a constant count: the loop is unrolled into vectors
                     j = 16 * c + jj
-                    e, f = i0[j], i1[j]
-                    p = x0 if e == 0 else (x1 if e == 1 else (x2 if e == 2 else (x3 if e == 3 else x4)))
-                    q = x0 if f == 0 else (x1 if f == 1 else (x2 if f == 2 else (x3 if f == 3 else x4)))
-                    o[j] = _fma(p, w0[j], q * w1[j])
-        else:
-            for j in range(plan_size[s]):
-                o[j] = _fma(src[i0[j]], w0[j], src[i1[j]] * w1[j])
-        src = o
+                    dst[j] = _fma(_select(i0[j], x0, x1, x2, x3, x4), w0[j],
+                                  _select(i1[j], x0, x1, x2, x3, x4) * w1[j])
+            else:
+                for jj in range(16):
+                    j = 16 * c + jj
+                    last = _select(i2[j], x0, x1, x2, x3, x4) * w2[j]
+                    dst[j] = _fma(_select(i0[j], x0, x1, x2, x3, x4), w0[j],
+                                  _fma(_select(i1[j], x0, x1, x2, x3, x4), w1[j], last))
+    else:
+        for j in range(width):
+            acc = row[plan_index[n_taps - 1, j]] * plan_weight[n_taps - 1, j]
+            for t in range(n_taps - 2, -1, -1):
+                acc = _fma(row[plan_index[t, j]], plan_weight[t, j], acc)
+            dst[j] = acc
 
 
 # the 32-term dot products may be summed in any order
@@ -380,15 +388,14 @@ def resize_threshold_team(data):
     maps = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.float32)
     taps = numba.carray(_pointer(d[7]), (d[8], d[9]), np.int64)
     weights = numba.carray(_pointer(d[10]), (d[11], d[12]), np.float32)
-    plan_index = numba.carray(_pointer(d[13]), (d[14], d[15], d[16]), np.int32)
-    plan_weight = numba.carray(_pointer(d[17]), (d[18], d[19], d[20]), np.float32)
-    plan_base = numba.carray(_pointer(d[21]), (d[22], d[23]), np.int64)
-    plan_size = numba.carray(_pointer(d[24]), (d[25],), np.int64)
-    threshold = numba.carray(_pointer(d[26]), (d[27],), np.float32)[0]
-    out = numba.carray(_pointer(d[28]), (d[29], d[30], d[31]), np.bool_)
+    plan_index = numba.carray(_pointer(d[13]), (d[14], d[15]), np.int32)
+    plan_weight = numba.carray(_pointer(d[16]), (d[17], d[18]), np.float32)
+    plan_base = numba.carray(_pointer(d[19]), (d[20],), np.int64)
+    threshold = numba.carray(_pointer(d[21]), (d[22],), np.float32)[0]
+    out = numba.carray(_pointer(d[23]), (d[24], d[25], d[26]), np.bool_)
     start, stop = _next_part(d)
     while start < stop:
-        resize_threshold(start, stop, maps, taps, weights, plan_index, plan_weight, plan_base, plan_size, threshold, out)
+        resize_threshold(start, stop, maps, taps, weights, plan_index, plan_weight, plan_base, threshold, out)
         start, stop = _next_part(d)
 
 

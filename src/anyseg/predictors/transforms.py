@@ -73,18 +73,17 @@ def resize_threshold(maps: torch.Tensor, stages: list[Stage], threshold: float) 
     """``(N, h, w)`` maps through bilinear ``stages`` (as :meth:`Transform.masks` does), then
     ``> threshold``: ``(N, H, W)`` bool, at a fraction of the time on CPU.
 
-    Bilinear resizing is separable: each low-res row is resized along x through every stage
-    (torch's arithmetic, :func:`horizontal_plan`), and each output row is then a weighted
-    sum of at most ``2 ** len(stages)`` of those rows, which one compiled loop computes,
-    adds up and compares, writing only the booleans (no float map at the image size) and
-    skipping the output rows that cannot reach the threshold
+    Bilinear resizing is separable: each low-res row is resized along x (:func:`horizontal_plan`),
+    and each output row is then a weighted sum of a few of those rows, which one compiled loop
+    computes, adds up and compares, writing only the booleans (no float map at the image size)
+    and skipping the output rows that cannot reach the threshold
     (:func:`~anyseg.kernels.resize_threshold`). With one stage the result is torch's to the
-    bit; over two stages the vertical sums are composed, so a pixel whose logit is within
-    rounding of the threshold may differ.
+    bit; over two stages (SAM 1: to 1024, then to the image) the stages are composed into one
+    along each axis, so a pixel whose logit is within rounding of the threshold may differ.
     """
     if maps.device.type != "cpu":
         return (_resize(maps, stages)[:, 0] > threshold).cpu().numpy()
-    taps, weights = _composed_taps(maps.shape[1], tuple(stages))
+    taps, weights = _composed_taps(maps.shape[1], tuple(stages), 0)
     plan = horizontal_plan(maps.shape[2], tuple(stages))
     out = np.empty((maps.shape[0], len(taps), stages[-1][1][1]), dtype=np.bool_)
     kernels.resize_threshold(maps.float().contiguous().numpy(), taps, weights, plan, threshold, out)
@@ -93,46 +92,54 @@ def resize_threshold(maps: torch.Tensor, stages: list[Stage], threshold: float) 
 
 @functools.lru_cache(maxsize=32)
 def horizontal_plan(n_in: int, stages: tuple[Stage, ...]) -> tuple[np.ndarray, ...]:
-    """The horizontal resizes of ``stages`` (each to its kept width) for
-    :func:`anyseg.kernels.resize_threshold`: ``(index (S, 2, P) int32, weight (S, 2, P)
-    float32, base (S, P / 16) int64, size (S,) int64)``, P a multiple of 16. Stage s makes
-    ``size[s]`` samples, sample j ``fma(x[i0], w0, x[i1] * w1)`` with the source positions
-    and weights of :func:`_linear_taps` (``fused``: torch's CPU kernel computes a row's
-    positions with a fused multiply-add). Where every 16 samples read at most 5 consecutive
-    inputs (upscaling by 4 or more, as from 256 to most images), ``base`` holds each 16's
-    first input and ``index`` the offsets from it; else ``base`` is -1 and ``index`` holds
-    the inputs."""
-    sizes = [cw for _, (_, cw) in stages]
-    p = -(-max(sizes) // 16) * 16
-    index = np.zeros((len(stages), 2, p), np.int32)
-    weight = np.zeros((len(stages), 2, p), np.float32)
-    base = np.full((len(stages), p // 16), -1, np.int64)
-    n = n_in
-    for s, (size, (_, cw)) in enumerate(stages):
-        taps = [a[:cw] for a in _linear_taps(n, size[1], fused=True)]
-        i0, i1 = (np.concatenate([a, np.full(p - cw, a[-1])]) for a in taps[:2])
-        weight[s, :, :cw] = taps[2:]
-        first = np.minimum(i0[::16], n - 5)
-        offsets = np.stack([i0, i1]) - np.repeat(first, 16)
-        if n >= 5 and offsets.min() >= 0 and offsets.max() <= 4:
-            base[s] = first
-            index[s] = offsets
-        else:
-            index[s] = np.stack([i0, i1])
-        n = cw
-    return index, weight, base, np.array(sizes, np.int64)
+    """The resize along x of ``stages`` (composed, :func:`_composed_taps`) for
+    :func:`anyseg.kernels.resize_threshold`: ``(index (T, P) int32, weight (T, P) float32,
+    base (P / 16,) int64)``, P the output width rounded up to a multiple of 16. Sample j is
+    ``fma(x[i_0], w_0, fma(x[i_1], w_1, ... x[i_T-1] * w_T-1))``; over one stage (T = 2) that
+    is torch's CPU kernel's arithmetic, whose source positions along x are rounded once (a
+    fused multiply-add). Where every 16 samples read at most 5 consecutive inputs (upscaling
+    by 4 or more, as from 256 to most images), ``base`` holds each 16's first input and
+    ``index`` the offsets from it; else ``base`` is -1 and ``index`` holds the inputs."""
+    taps, weights = _composed_taps(n_in, stages, 1, fused=True)
+    width = len(taps)
+    p = -(-width // 16) * 16
+    index = np.ascontiguousarray(np.concatenate([taps, np.repeat(taps[-1:], p - width, axis=0)]).T, dtype=np.int32)
+    weight = np.zeros((len(index), p), np.float32)
+    weight[:, :width] = weights.T
+    first = np.minimum(index[0, ::16], n_in - 5)
+    offsets = index - np.repeat(first, 16)
+    if len(index) <= 3 and n_in >= 5 and offsets.min() >= 0 and offsets.max() <= 4:
+        return offsets.astype(np.int32), weight, first.astype(np.int64)
+    return index, weight, np.full(p // 16, -1, np.int64)
 
 
-@functools.lru_cache(maxsize=32)
-def _composed_taps(n_in: int, stages: tuple[Stage, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """The rows of ``stages``' vertical resizes composed: output row ``i`` is
-    ``sum_t weights[i, t] * x[taps[i, t]]``, ``(H, 2 ** len(stages))`` each."""
+@functools.lru_cache(maxsize=64)
+def _composed_taps(n_in: int, stages: tuple[Stage, ...], axis: int, fused: bool = False) -> tuple[np.ndarray, ...]:
+    """``stages``' resizes along ``axis`` (0: y, 1: x) composed: output ``i`` is ``sum_t
+    weights[i, t] * x[taps[i, t]]``, ``(n_out, T)`` each (``fused``: see :func:`_linear_taps`).
+    One stage gives torch's two taps as they are (T = 2). Over more stages the composed taps
+    of each output are merged by input (T is then their largest number, e.g. 3 from 256 to
+    1024 to an image); an output with fewer repeats its last input, that tap's weight halved
+    (``x w / 2 + x w / 2`` is exactly ``x w``: no product of a zero weight with an infinity)."""
     taps, weights = np.arange(n_in)[:, None], np.ones((n_in, 1), np.float32)
-    for size, (ch, _) in stages:
-        r0, r1, w0, w1 = (a[:ch] for a in _linear_taps(len(taps), size[0]))
+    for size, crop in stages:
+        r0, r1, w0, w1 = (a[: crop[axis]] for a in _linear_taps(len(taps), size[axis], fused))
         taps = np.concatenate([taps[r0], taps[r1]], axis=1)
         weights = np.concatenate([weights[r0] * w0[:, None], weights[r1] * w1[:, None]], axis=1)
-    return taps, weights
+    if len(stages) == 1:
+        return taps, weights
+    rows = []
+    for row_taps, row_weights in zip(taps, weights):
+        merged: dict[int, np.float32] = {}
+        for t, w in zip(row_taps.tolist(), row_weights):
+            merged[t] = merged.get(t, np.float32(0)) + w
+        rows.append(list(merged.items()))
+    n_taps = max(len(row) for row in rows)
+    for row in rows:
+        while len(row) < n_taps:
+            t, w = row.pop()
+            row += [(t, w / np.float32(2))] * 2
+    return np.array([[t for t, _ in row] for row in rows]), np.array([[w for _, w in row] for row in rows], np.float32)
 
 
 def _linear_taps(n_in: int, n_out: int, fused: bool = False) -> tuple[np.ndarray, ...]:
