@@ -1,5 +1,6 @@
-"""The opt-in int8 linear layers (``precision="int8"``): the quantizing and dequantizing
-loops against torch, which layers run in int8, and the image predictor's int8 encode."""
+"""The opt-in int8 products (``precision="int8"``): the quantizing and dequantizing loops
+against torch, which layers run in int8, the image predictor's int8 encode, and the mask
+decoder's int8 upscaling."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from anyseg import ImagePredictor, kernels
 from anyseg.models.common import INT8_DEPTH, Linear, int8_linears, linear, quantize_weight
+from anyseg.models.mask_decoder import MaskDecoder, MaskDecoderConfig
 from anyseg.models.sam2 import build_sam2
 
 
@@ -38,6 +40,17 @@ def test_dequantize_rows_scales_and_adds_the_bias():
     expected = acc.double() * row.double()[:, None] * col.double() + bias.double()
     assert out.dtype == torch.bfloat16
     # one rounding to bf16 (from float32 arithmetic): within a bf16 step
+    torch.testing.assert_close(out.double(), expected, rtol=2**-8, atol=1e-6)
+
+
+def test_dequantize_rows_adds_repeating_addend_rows():
+    torch.manual_seed(0)
+    acc = torch.randint(-(2**20), 2**20, (30, 16), dtype=torch.int32)
+    row, col, bias = torch.rand(30) / 100, torch.rand(16) / 100, torch.randn(16)
+    addend = torch.randn(10, 16).bfloat16()  # rows repeating: row i adds addend[i % 10]
+    out = kernels.dequantize_rows(acc, row, col, bias, addend)
+    expected = (acc.double() * row.double()[:, None] * col.double() + bias.double()
+                + addend.double().repeat(3, 1))
     torch.testing.assert_close(out.double(), expected, rtol=2**-8, atol=1e-6)
 
 
@@ -100,3 +113,22 @@ def test_image_predictor_int8():
     assert quantized and all(min(m.weight.shape) >= INT8_DEPTH for m in quantized)
     assert preds["int8"].features().embed.dtype == torch.bfloat16
     assert np.abs(out["int8"].scores - out["bf16"].scores).max() < 0.05
+
+
+@pytest.mark.parametrize("high_res", [True, False], ids=["sam2-skips", "sam1-bias"])
+def test_int8_decoder_copy_upscales_like_bf16(high_res):
+    """The int8 copy's first transposed convolution (skips or bias added in the rescaling
+    pass) against the bf16 copy's: int8 rounding of both operands only."""
+    torch.manual_seed(0)
+    decoder = MaskDecoder(MaskDecoderConfig(use_high_res_features=high_res)).eval()
+    for p in decoder.parameters():
+        p.data.normal_(0, 0.05)
+    x = torch.randn(2, 64 * 64, 256).bfloat16()
+    skips = [torch.randn(1, 32, 256, 256).bfloat16(), torch.randn(1, 64, 128, 128).bfloat16()] if high_res else None
+    with torch.no_grad():
+        full = decoder.copy_in(torch.bfloat16)._upscale(x, skips)
+        twin = decoder.copy_in(torch.bfloat16, int8=True)
+        y = twin._upscale(x, skips)
+    assert twin._quantized_of._value is not None
+    assert y.shape == full.shape and y.dtype == torch.bfloat16
+    assert (y.float() - full.float()).norm() / full.float().norm() < 0.01

@@ -295,15 +295,19 @@ def quantize_rows(start, stop, words, bf16, q, scale):
     wide = row.view(np.uint32)
     for i in range(start, stop):
         w = words[i]
+        # the largest magnitude as the largest of the bits without the sign: non-negative
+        # floats order as their bits do, and an integer maximum vectorises (a float one
+        # would be a chain of dependent steps, its NaN rules kept)
+        top_bits = np.uint32(0)
         if bf16:
             for j in range(k):
                 wide[j] = np.uint32(w[j]) << np.uint32(16)
+                top_bits = max(top_bits, wide[j] & np.uint32(0x7FFFFFFF))
         else:  # float32: two words each
             for j in range(k):
                 wide[j] = _float32_bits(w[2 * j], w[2 * j + 1])
-        top = np.float32(0)
-        for j in range(k):
-            top = max(top, abs(row[j]))
+                top_bits = max(top_bits, wide[j] & np.uint32(0x7FFFFFFF))
+        top = _as_float(top_bits)
         scale[i] = top / np.float32(127) if top > 0 else np.float32(1)
         inv = np.float32(127) / top if top > 0 else np.float32(0)
         qi = q[i]
@@ -312,13 +316,19 @@ def quantize_rows(start, stop, words, bf16, q, scale):
 
 
 @numba.njit(**_OPTIONS, fastmath={"contract"})
-def dequantize_rows(start, stop, acc, row_scale, col_scale, bias, out):
-    """Rows ``out[start:stop]`` (bf16 words) = ``acc * row_scale[i] * col_scale[j] +
-    bias[j]`` for int32 products ``acc``, rounded to bf16 once."""
+def dequantize_rows(start, stop, acc, row_scale, col_scale, bias, addend, out):
+    """Rows ``out[start:stop]`` (bf16 words) = ``acc * row_scale[i] * col_scale[j] + bias[j]``
+    for int32 products ``acc``, plus ``addend`` (bf16 words, its rows repeating; none: no
+    rows), rounded to bf16 once."""
     for i in range(start, stop):
         a, o, s = acc[i], out[i], row_scale[i]
-        for j in range(acc.shape[1]):
-            o[j] = _narrow(np.float32(a[j]) * (s * col_scale[j]) + bias[j])
+        if addend.shape[0]:
+            e = addend[i % addend.shape[0]]
+            for j in range(acc.shape[1]):
+                o[j] = _narrow(np.float32(a[j]) * (s * col_scale[j]) + bias[j] + _widen(e[j]))
+        else:
+            for j in range(acc.shape[1]):
+                o[j] = _narrow(np.float32(a[j]) * (s * col_scale[j]) + bias[j])
 
 
 @intrinsic
@@ -459,8 +469,9 @@ def dequantize_rows_team(data):
     row_scale = numba.carray(_pointer(d[6]), (d[7],), np.float32)
     col_scale = numba.carray(_pointer(d[8]), (d[9],), np.float32)
     bias = numba.carray(_pointer(d[10]), (d[11],), np.float32)
-    out = numba.carray(_pointer(d[12]), (d[13], d[14]), np.uint16)
+    addend = numba.carray(_pointer(d[12]), (d[13], d[14]), np.uint16)
+    out = numba.carray(_pointer(d[15]), (d[16], d[17]), np.uint16)
     start, stop = _next_part(d)
     while start < stop:
-        dequantize_rows(start, stop, acc, row_scale, col_scale, bias, out)
+        dequantize_rows(start, stop, acc, row_scale, col_scale, bias, addend, out)
         start, stop = _next_part(d)

@@ -255,6 +255,8 @@ product saves (65536 x 384 x 96: 17.3 vs 14.5 ms in all)."""
 
 _int8 = ContextVar("anyseg_int8_linears", default=False)
 _int_mm = getattr(torch, "_int_mm", None)  # torch's int8 x int8 -> int32 product (absent: no int8)
+INT8_AVAILABLE = _int_mm is not None
+"""Whether this torch has the int8 product the int8 paths use (``torch._int_mm``)."""
 
 
 @contextmanager
@@ -275,7 +277,7 @@ def int8_linears():
 def _int8_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     n, k = weight.shape
     return (
-        _int_mm is not None
+        INT8_AVAILABLE
         and k >= INT8_DEPTH
         and n >= INT8_DEPTH
         and x.numel() >= ONEDNN_ROWS * k
@@ -292,6 +294,18 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w = weight.detach().float()
     scale = w.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127
     return torch.round(w / scale[:, None]).to(torch.int8).t(), scale
+
+
+def int8_product(x: torch.Tensor, q_t: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor,
+                 addend: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ w^T + bias (+ addend)`` in int8 on the CPU, for ``x`` ``(..., K)`` (bf16 or float32)
+    and a weight quantized by :func:`quantize_weight` (``q_t`` ``(K, N)``, ``col_scale`` ``(N,)``):
+    ``x``'s rows quantized symmetrically, the int32 products scaled back, plus the float32
+    ``bias`` ``(N,)`` and the bf16 ``addend`` rows (repeating along x's rows, see
+    :func:`anyseg.kernels.dequantize_rows`), to bf16 ``(..., N)``."""
+    rows, row_scale = kernels.quantize_rows(x.reshape(-1, x.shape[-1]))
+    y = kernels.dequantize_rows(_int_mm(rows, q_t), row_scale, col_scale, bias, addend)
+    return y.reshape(*x.shape[:-1], -1)
 
 
 class Linear(nn.Linear):
@@ -315,9 +329,7 @@ class Linear(nn.Linear):
         if _int8.get() and _int8_applies(x, self.weight):
             params = (self.weight,) if self.bias is None else (self.weight, self.bias)
             q_t, col_scale, bias = self._quantized_of.get(params, self._quantized)
-            rows, row_scale = kernels.quantize_rows(x.reshape(-1, x.shape[-1]))
-            y = kernels.dequantize_rows(_int_mm(rows, q_t), row_scale, col_scale, bias)
-            return y.reshape(*x.shape[:-1], -1)
+            return int8_product(x, q_t, col_scale, bias)
         return linear(x, self.weight, self.bias)
 
 

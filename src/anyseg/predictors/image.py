@@ -60,7 +60,8 @@ class ImagePredictor:
     Coordinates are (x, y) pixels of the original image. ``model`` is any model from
     :func:`anyseg.load_model` (SAM 1, MobileSAM or SAM 2). ``precision`` ``"bf16"`` /
     ``"fp16"`` opts in to a faster reduced-precision image encoder and mask decoder, and
-    ``"int8"`` to bf16 with the encoder's wide linear layers in int8 on the CPU (default
+    ``"int8"`` to bf16 with the encoder's wide linear layers and the decoder's first
+    upscaling product in int8 on the CPU (default
     ``"fp32"``: exact; see :mod:`anyseg.predictors.precision`); the prompt encoder and the
     mask resizing stay in fp32.
     """
@@ -70,7 +71,7 @@ class ImagePredictor:
         self.precision = check_precision(precision)
         reduced = PRECISIONS[self.precision]
         # prompts are decoded on a copy whose image side is in the reduced type; the features are kept in it
-        self._decoder = None if reduced is None else model.mask_decoder.copy_in(reduced)
+        self._decoder = None if reduced is None else model.mask_decoder.copy_in(reduced, int8=self.precision == "int8")
         self._features_dtype = reduced or model.dtype
         self.transform = transform_for(model)
         self.mask_threshold = mask_threshold
