@@ -4,12 +4,16 @@ SAM 2.1-tiny video replay).
 
 Usage::
 
-    python benchmarks/precision_accuracy.py [--precisions fp32,bf16,int8] [--no-video]
+    python benchmarks/precision_accuracy.py [--precisions fp32,bf16,int8] [--no-video] [--merge]
+
+``--merge`` re-measures into the existing ``results/precision_accuracy.json``: the entries
+measured replace theirs, the others (e.g. the video replays, ~15 min) are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -85,14 +89,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--precisions", default="fp32,bf16,int8")
     ap.add_argument("--no-video", action="store_true")
+    ap.add_argument("--merge", action="store_true", help="keep the existing results not re-measured")
     args = ap.parse_args()
     models = {key: fixture_model(key) for key in IMAGE_KEYS}
-    results = {}
+    existing = HERE / "results" / "precision_accuracy.json"
+    results = json.loads(existing.read_text())["results"] if args.merge and existing.exists() else {}
     for precision in args.precisions.split(","):
         r = {f"image_{key}": image_accuracy(models[key], key, precision) for key in IMAGE_KEYS}
         if not args.no_video:
             r[f"video_{VIDEO_KEY}"] = video_accuracy(models[VIDEO_KEY], precision)
-        results[precision] = r
+        results[precision] = {**results.get(precision, {}), **r}
         print(precision, r, flush=True)
     print("written", write_results("precision_accuracy", {"results": results}))
 
