@@ -235,7 +235,7 @@ class MaskDecoder(nn.Module):
         """The first transposed convolution's product plus ``add1`` (:meth:`_skips`) in int8
         (:func:`~anyseg.models.common.int8_product`: the weight quantized per output once and
         kept, the inputs per pixel), for bf16 image tokens ``x`` ``(B, h w, C)`` on the CPU:
-        ``(B, h w, 4 C/4)`` bf16. On CPUs with int8 dot-product instructions (VNNI) at twice
+        ``(B, h w, C)`` bf16, the columns over (di, dj, C/4) as :func:`_deconv_weight`'s. On CPUs with int8 dot-product instructions (VNNI) at twice
         bf16's rate, and the skips are added in the pass that scales the products back: on an
         AMD EPYC 1.35 -> 0.89 ms (2.0 -> 1.6 ms with cold caches). The second product is left
         in bf16: its int32 results (8 MB) cost more to write and read back than it saves."""
