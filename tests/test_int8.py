@@ -54,6 +54,24 @@ def test_dequantize_rows_adds_repeating_addend_rows():
     torch.testing.assert_close(out.double(), expected, rtol=2**-8, atol=1e-6)
 
 
+def test_int8_product_in_parts_with_repeating_addend(monkeypatch):
+    """Parts of rows (here 50, so that they cut the addend's 37-row repeats anywhere) give
+    the same result as one product."""
+    from anyseg.models import common
+
+    torch.manual_seed(0)
+    x, weight = torch.randn(3 * 37, 64).bfloat16(), torch.randn(48, 64)
+    bias, addend = torch.randn(48), torch.randn(37, 48).bfloat16()
+    q_t, col = quantize_weight(weight)
+    whole = common.int8_product(x, q_t, col, bias, addend)
+    monkeypatch.setattr(common, "INT8_CHUNK_ROWS", 50)
+    parts = common.int8_product(x, q_t, col, bias, addend)
+    assert torch.equal(parts, whole)
+    rows, row = kernels.quantize_rows(x)
+    expected = (rows.double() @ q_t.double()) * row.double()[:, None] * col.double() + bias.double()
+    torch.testing.assert_close(whole.double(), expected + addend.double().repeat(3, 1), rtol=2**-8, atol=1e-5)
+
+
 def test_int8_linear_matches_its_quantized_product():
     torch.manual_seed(0)
     layer = Linear(INT8_DEPTH, 2 * INT8_DEPTH).eval().requires_grad_(False)

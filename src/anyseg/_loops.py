@@ -316,14 +316,14 @@ def quantize_rows(start, stop, words, bf16, q, scale):
 
 
 @numba.njit(**_OPTIONS, fastmath={"contract"})
-def dequantize_rows(start, stop, acc, row_scale, col_scale, bias, addend, out):
+def dequantize_rows(start, stop, acc, row_scale, col_scale, bias, addend, first, out):
     """Rows ``out[start:stop]`` (bf16 words) = ``acc * row_scale[i] * col_scale[j] + bias[j]``
-    for int32 products ``acc``, plus ``addend`` (bf16 words, its rows repeating; none: no
-    rows), rounded to bf16 once."""
+    for int32 products ``acc``, plus ``addend`` (bf16 words, its rows repeating from row
+    ``first``: row i adds ``addend[(first + i) % P]``; none: no rows), rounded to bf16 once."""
     for i in range(start, stop):
         a, o, s = acc[i], out[i], row_scale[i]
         if addend.shape[0]:
-            e = addend[i % addend.shape[0]]
+            e = addend[(first + i) % addend.shape[0]]
             for j in range(acc.shape[1]):
                 o[j] = _narrow(np.float32(a[j]) * (s * col_scale[j]) + bias[j] + _widen(e[j]))
         else:
@@ -470,8 +470,8 @@ def dequantize_rows_team(data):
     col_scale = numba.carray(_pointer(d[8]), (d[9],), np.float32)
     bias = numba.carray(_pointer(d[10]), (d[11],), np.float32)
     addend = numba.carray(_pointer(d[12]), (d[13], d[14]), np.uint16)
-    out = numba.carray(_pointer(d[15]), (d[16], d[17]), np.uint16)
+    out = numba.carray(_pointer(d[16]), (d[17], d[18]), np.uint16)
     start, stop = _next_part(d)
     while start < stop:
-        dequantize_rows(start, stop, acc, row_scale, col_scale, bias, addend, out)
+        dequantize_rows(start, stop, acc, row_scale, col_scale, bias, addend, d[15], out)
         start, stop = _next_part(d)

@@ -174,16 +174,18 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def dequantize_rows(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor,
-                    bias: torch.Tensor, addend: torch.Tensor | None = None) -> torch.Tensor:
+def dequantize_rows(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor,
+                    addend: torch.Tensor | None = None, first: int = 0, out: torch.Tensor | None = None) -> torch.Tensor:
     """``acc * row_scale[:, None] * col_scale + bias (+ addend)`` as bf16, for int32 products
     ``acc`` ``(M, N)``, float32 ``row_scale`` ``(M,)``, ``col_scale`` and ``bias`` ``(N,)``, and
-    bf16 ``addend`` rows ``(P, N)`` that repeat along ``acc``'s rows (row ``i`` adds
-    ``addend[i % P]``): one pass, one rounding."""
-    out = torch.empty(acc.shape, dtype=torch.bfloat16)
+    bf16 ``addend`` rows ``(P, N)`` that repeat along ``acc``'s rows from row ``first`` on
+    (row ``i`` adds ``addend[(first + i) % P]``): one pass, one rounding. Written into
+    ``out`` (bf16, contiguous ``(M, N)``) when given."""
+    out = torch.empty(acc.shape, dtype=torch.bfloat16) if out is None else out
     extra = np.empty((0, acc.shape[1]), np.uint16) if addend is None else _words(addend).reshape(-1, acc.shape[1])
+    assert out.is_contiguous() and out.shape == acc.shape
     _run("dequantize_rows", acc.shape[0], acc.contiguous().numpy(), row_scale.numpy(), col_scale.numpy(),
-         bias.numpy(), extra, _words(out))
+         bias.numpy(), extra, first, out.view(torch.uint16).numpy())
     return out
 
 

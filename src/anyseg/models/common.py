@@ -296,16 +296,27 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(w / scale[:, None]).to(torch.int8).t(), scale
 
 
+INT8_CHUNK_ROWS = 8192
+"""Rows :func:`int8_product` quantizes and multiplies at a time: its int8 rows and int32
+products stay a few MB (a click's 4096 pixels in one go) however many rows there are."""
+
+
 def int8_product(x: torch.Tensor, q_t: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor,
                  addend: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ w^T + bias (+ addend)`` in int8 on the CPU, for ``x`` ``(..., K)`` (bf16 or float32)
     and a weight quantized by :func:`quantize_weight` (``q_t`` ``(K, N)``, ``col_scale`` ``(N,)``):
     ``x``'s rows quantized symmetrically, the int32 products scaled back, plus the float32
     ``bias`` ``(N,)`` and the bf16 ``addend`` rows (repeating along x's rows, see
-    :func:`anyseg.kernels.dequantize_rows`), to bf16 ``(..., N)``."""
-    rows, row_scale = kernels.quantize_rows(x.reshape(-1, x.shape[-1]))
-    y = kernels.dequantize_rows(_int_mm(rows, q_t), row_scale, col_scale, bias, addend)
-    return y.reshape(*x.shape[:-1], -1)
+    :func:`anyseg.kernels.dequantize_rows`), to bf16 ``(..., N)``; in parts of about
+    :data:`INT8_CHUNK_ROWS` rows (more than 16 each, as the int8 product needs)."""
+    rows = x.reshape(-1, x.shape[-1])
+    out = torch.empty(rows.shape[0], q_t.shape[1], dtype=torch.bfloat16)
+    parts = -(-rows.shape[0] // INT8_CHUNK_ROWS)
+    for i in range(parts):
+        start, stop = rows.shape[0] * i // parts, rows.shape[0] * (i + 1) // parts
+        q, row_scale = kernels.quantize_rows(rows[start:stop])
+        kernels.dequantize_rows(_int_mm(q, q_t), row_scale, col_scale, bias, addend, start, out[start:stop])
+    return out.reshape(*x.shape[:-1], -1)
 
 
 class Linear(nn.Linear):
