@@ -23,7 +23,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from common import write_results  # noqa: E402
+from common import RESULTS, write_results  # noqa: E402
 from parity import fixture_image, fixture_index, image_cases, mask_iou, run_image_case, unpack_masks  # noqa: E402
 
 from anyseg import ImagePredictor, load_model  # noqa: E402
@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true", help="keep the existing results not re-measured")
     args = ap.parse_args()
     models = {key: fixture_model(key) for key in IMAGE_KEYS}
-    existing = HERE / "results" / "precision_accuracy.json"
+    existing = RESULTS / "precision_accuracy.json"
     results = json.loads(existing.read_text())["results"] if args.merge and existing.exists() else {}
     for precision in args.precisions.split(","):
         r = {f"image_{key}": image_accuracy(models[key], key, precision) for key in IMAGE_KEYS}

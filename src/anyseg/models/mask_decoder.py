@@ -219,7 +219,7 @@ class MaskDecoder(nn.Module):
         add1, add2 = self._skips(high_res_features)
         w1, w2 = self._deconv_of.get((dc1.weight, dc2.weight), lambda: (_deconv_weight(dc1), _deconv_weight(dc2)))
         if self.int8_upscale and INT8_AVAILABLE and loops_apply(x):
-            x = self._first_deconv_int8(x, add1).reshape(b, 4 * n, -1)
+            x = self._first_deconv_int8(x, w1, add1).reshape(b, 4 * n, -1)
         else:
             x = torch.baddbmm(add1, x, w1.expand(b, -1, -1)).reshape(b, 4 * n, -1)
         # bf16 on the CPU: the norm (torch's takes 2x as long on rows of 32 or 64) and the GELU
@@ -231,16 +231,16 @@ class MaskDecoder(nn.Module):
             x = gelu(F.layer_norm(x, x.shape[-1:], ln1.weight, ln1.bias, ln1.eps))
         return torch.baddbmm(add2, x, w2.expand(b, -1, -1)).reshape(b, 16 * n, -1)
 
-    def _first_deconv_int8(self, x: torch.Tensor, add1: torch.Tensor) -> torch.Tensor:
-        """The first transposed convolution's product plus ``add1`` (:meth:`_skips`) in int8
-        (:func:`~anyseg.models.common.int8_product`: the weight quantized per output once and
-        kept, the inputs per pixel), for bf16 image tokens ``x`` ``(B, h w, C)`` on the CPU:
-        ``(B, h w, C)`` bf16, the columns over (di, dj, C/4) as :func:`_deconv_weight`'s. On CPUs with int8 dot-product instructions (VNNI) at twice
-        bf16's rate, and the skips are added in the pass that scales the products back: on an
-        AMD EPYC 1.35 -> 0.89 ms (2.0 -> 1.6 ms with cold caches). The second product is left
-        in bf16: its int32 results (8 MB) cost more to write and read back than it saves."""
-        dc1 = self.output_upscaling[0]
-        q, scale = self._quantized_of.get((dc1.weight,), lambda: quantize_weight(_deconv_weight(dc1).t()))
+    def _first_deconv_int8(self, x: torch.Tensor, w1: torch.Tensor, add1: torch.Tensor) -> torch.Tensor:
+        """The first transposed convolution's product ``x @ w1`` (its :func:`_deconv_weight`)
+        plus ``add1`` (:meth:`_skips`) in int8 (:func:`~anyseg.models.common.int8_product`: the
+        weight quantized per output once and kept, the inputs per pixel), for bf16 image
+        tokens ``x`` ``(B, h w, C)`` on the CPU: ``(B, h w, C)`` bf16. On CPUs with int8
+        dot-product instructions (VNNI) at twice bf16's rate, and the skips are added in the
+        pass that scales the products back: on an AMD EPYC 1.35 -> 0.89 ms (2.0 -> 1.6 ms with
+        cold caches). The second product is left in bf16: its int32 results (8 MB) cost more
+        to write and read back than int8 saves."""
+        q, scale = self._quantized_of.get((w1,), lambda: quantize_weight(w1.t()))
         if add1.dim() == 1:  # SAM 1: the bias
             return int8_product(x, q, scale, add1.float())
         return int8_product(x, q, scale, torch.zeros(add1.shape[-1]), add1.reshape(-1, add1.shape[-1]))
