@@ -150,3 +150,55 @@ def test_int8_decoder_copy_upscales_like_bf16(high_res):
     assert twin._quantized_of._value is not None
     assert y.shape == full.shape and y.dtype == torch.bfloat16
     assert (y.float() - full.float()).norm() / full.float().norm() < 0.01
+
+
+@pytest.mark.parametrize("group", [1, 4])
+def test_product_softmax_of_scaled_int8_scores(group, loop_threads):
+    """Along each row (group 1) or across groups of rows, column by column (over more
+    columns than one of the loop's passes holds)."""
+    torch.manual_seed(0)
+    acc = torch.randint(-(2**20), 2**20, (12, 1100), dtype=torch.int32)
+    row, col, bias = torch.rand(12) / 2**16, torch.rand(1100), torch.randn(12)
+    out = kernels.product_softmax(acc, row, col, bias, group)
+    scores = acc.double() * row.double()[:, None] * col.double() + bias.double()[:, None]
+    expected = scores.reshape(-1, group, 1100).softmax(dim=1 if group > 1 else -1).reshape(12, 1100)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), expected, rtol=2**-8, atol=1e-6)
+
+
+def test_layer_norm_plus_quantizes_the_sum_in_its_pass(loop_threads):
+    torch.manual_seed(0)
+    x, addend = torch.randn(1, 300, 64).bfloat16(), torch.randn(1, 300, 64).bfloat16()
+    norm = torch.nn.LayerNorm(64)
+    q, scale = torch.empty(300, 64, dtype=torch.int8), torch.empty(300)
+    y, y_plus = kernels.layer_norm_plus(x, norm, addend, int8=(q, scale))
+    assert torch.equal(torch.stack([y, y_plus]), torch.stack(kernels.layer_norm_plus(x, norm, addend)))
+    want_q, want_scale = kernels.quantize_rows(y_plus[0])
+    assert torch.equal(q, want_q) and torch.equal(scale, want_scale)
+
+
+def test_int8_decoder_copy_scores_in_int8_like_bf16(monkeypatch):
+    """The int8 copy's transformer makes the scores against the image after its first block
+    in int8 (the second block's two attentions and the last one), close to the bf16 copy's;
+    a batch of prompts keeps the bf16 scores."""
+    from anyseg.models import two_way_transformer
+
+    torch.manual_seed(0)
+    decoder = MaskDecoder(MaskDecoderConfig()).eval()
+    for p in decoder.parameters():
+        p.data.normal_(0, 0.05)
+    image, pe = torch.randn(1, 256, 64, 64), torch.randn(1, 256, 64, 64)
+    sparse, dense = torch.randn(1, 3, 256), torch.randn(1, 256, 1, 1).expand(1, 256, 64, 64)
+    calls = []
+    int8_softmax = two_way_transformer.int8_softmax
+    monkeypatch.setattr(two_way_transformer, "int8_softmax", lambda *a, **k: calls.append(k) or int8_softmax(*a, **k))
+    with torch.no_grad():
+        full = decoder.copy_in(torch.bfloat16)(image, pe, sparse, dense, multimask=True)
+        assert not calls
+        twin = decoder.copy_in(torch.bfloat16, int8=True)
+        out = twin(image, pe, sparse, dense, multimask=True)
+        assert [k.get("group", 1) for k in calls] == [1, 3 + 1 + 4, 1]  # the second block's image -> token: T groups
+        twin(image, pe, sparse.expand(2, -1, -1), dense.expand(2, -1, -1, -1), multimask=True)
+        assert len(calls) == 3
+    assert (out.masks - full.masks).norm() / full.masks.norm() < 0.02
+    assert (out.iou - full.iou).abs().max() < 0.02

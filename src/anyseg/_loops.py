@@ -214,11 +214,13 @@ _GROUP = 4  # rows per group of _norm_rows
 # the row sums may be taken in any order. The results are read back in loops of their own
 # (the GELU lookups, the sum): a loop that also wrote them would not vectorise.
 @numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
-def layer_norm(start, stop, x, weight, bias, eps, gelu, table, addend, y, y_plus):
+def layer_norm(start, stop, x, weight, bias, eps, gelu, table, addend, y, y_plus, q, q_scale):
     """``y`` (``x`` itself where ``y`` has no rows) = the layer norm of ``x``, then
     (``gelu``) its GELU from ``table``; and, where ``y_plus`` has rows, ``y_plus`` =
-    ``y + addend`` (``addend``'s rows repeating)."""
+    ``y + addend`` (``addend``'s rows repeating), and where ``q`` has rows, ``q`` and
+    ``q_scale`` = ``y_plus``'s symmetric int8 rows (as :func:`quantize_rows`)."""
     scale, shift = np.empty(_GROUP, np.float32), np.empty(_GROUP, np.float32)
+    row = np.empty(x.shape[1], np.float32)
     out = y if y.shape[0] else x
     for i in range(start, stop, _GROUP):
         r = min(_GROUP, stop - i)
@@ -232,6 +234,11 @@ def layer_norm(start, stop, x, weight, bias, eps, gelu, table, addend, y, y_plus
                 pi, ai = y_plus[i + k], addend[(i + k) % addend.shape[0]]
                 for j in range(x.shape[1]):
                     pi[j] = _narrow(_widen(yi[j]) + _widen(ai[j]))
+                if q.shape[0]:
+                    wide = row.view(np.uint32)
+                    for j in range(x.shape[1]):
+                        wide[j] = np.uint32(pi[j]) << np.uint32(16)
+                    q_scale[i + k] = _quantize_row(row, q[i + k])
 
 
 # Cephes' expf: e^x = 2^k e^r with k = round(x / ln 2) and |r| <= ln 2 / 2 (ln 2 in two
@@ -253,6 +260,19 @@ def _exp_neg(x):
     for c in _EXP_POLY[1:]:
         p = p * r + c
     return (p * r * r + r + np.float32(1)) * _as_float(np.uint32(np.int32(k) + np.int32(127)) << np.uint32(23))
+
+
+@numba.njit(inline="always")
+def _largest(s):
+    """The largest of the float32 values ``s``, as the largest of their bits made to order
+    as signed integers do (the negative values' magnitude bits flipped): an integer maximum
+    vectorises, a float one is a chain of dependent steps (its NaN rules kept). A NaN
+    with its sign bit clear is the largest; one with it set, the smallest."""
+    top = np.int32(-(2**31))
+    bits = s.view(np.int32)
+    for j in range(s.shape[0]):
+        top = max(top, bits[j] ^ ((bits[j] >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+    return _as_float(np.uint32(top ^ ((top >> np.int32(31)) & np.int32(0x7FFFFFFF))))
 
 
 # the row's maximum and sum may be taken in any order
@@ -284,6 +304,65 @@ def softmax(start, stop, x, addend):
             xi[j] = _narrow(s[j] * inv)
 
 
+_COLUMNS = 512  # columns per pass of product_softmax's softmax across rows
+
+
+# the maxima and sums may be taken in any order
+@numba.njit(**_OPTIONS, fastmath={"reassoc", "contract", "nnan", "ninf", "nsz"})
+def product_softmax(start, stop, acc, row_scale, col_scale, bias, group, out):
+    """Rows of ``out`` (bf16 words) = the softmax of the scores ``acc[i, j] * row_scale[i] *
+    col_scale[j] + bias[i]`` (int32 products ``acc``), in float32, rounded to bf16 once:
+    along each row where ``group`` is 1 (rows ``[start, stop)``), else across each group of
+    ``group`` consecutive rows, column by column (groups ``[start, stop)``)."""
+    n = acc.shape[1]
+    if group == 1:
+        s = np.empty(n, np.float32)
+        for i in range(start, stop):
+            a, o, rs, b = acc[i], out[i], row_scale[i], bias[i]
+            for j in range(n):
+                s[j] = np.float32(a[j]) * (rs * col_scale[j]) + b
+            m = _largest(s)
+            total = np.float32(0)
+            for j in range(n):
+                s[j] = _exp_neg(s[j] - m)
+                total += s[j]
+            inv = np.float32(1) / total
+            for j in range(n):
+                o[j] = _narrow(s[j] * inv)
+        return
+    width = min(n, _COLUMNS)
+    s = np.empty((group, width), np.float32)
+    m, inv = np.empty(width, np.float32), np.empty(width, np.float32)
+    for g in range(start, stop):
+        for c0 in range(0, n, width):
+            w = min(width, n - c0)
+            cs = col_scale[c0 : c0 + w]
+            for t in range(group):
+                r, st = g * group + t, s[t]
+                a, rs, b = acc[r, c0 : c0 + w], row_scale[g * group + t], bias[g * group + t]
+                for j in range(w):
+                    st[j] = np.float32(a[j]) * (rs * cs[j]) + b
+            for j in range(w):
+                m[j] = s[0, j]
+            for t in range(1, group):
+                st = s[t]
+                for j in range(w):
+                    m[j] = max(m[j], st[j])
+            for j in range(w):
+                inv[j] = np.float32(0)
+            for t in range(group):
+                st = s[t]
+                for j in range(w):
+                    st[j] = _exp_neg(st[j] - m[j])
+                    inv[j] += st[j]
+            for j in range(w):
+                inv[j] = np.float32(1) / inv[j]
+            for t in range(group):
+                st, o = s[t], out[g * group + t, c0 : c0 + w]
+                for j in range(w):
+                    o[j] = _narrow(st[j] * inv[j])
+
+
 # a row's largest magnitude may be found in any order
 @numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
 def quantize_rows(start, stop, words, bf16, q, scale):
@@ -295,24 +374,31 @@ def quantize_rows(start, stop, words, bf16, q, scale):
     wide = row.view(np.uint32)
     for i in range(start, stop):
         w = words[i]
-        # the largest magnitude as the largest of the bits without the sign: non-negative
-        # floats order as their bits do, and an integer maximum vectorises (a float one
-        # would be a chain of dependent steps, its NaN rules kept)
-        top_bits = np.uint32(0)
         if bf16:
             for j in range(k):
                 wide[j] = np.uint32(w[j]) << np.uint32(16)
-                top_bits = max(top_bits, wide[j] & np.uint32(0x7FFFFFFF))
         else:  # float32: two words each
             for j in range(k):
                 wide[j] = _float32_bits(w[2 * j], w[2 * j + 1])
-                top_bits = max(top_bits, wide[j] & np.uint32(0x7FFFFFFF))
-        top = _as_float(top_bits)
-        scale[i] = top / np.float32(127) if top > 0 else np.float32(1)
-        inv = np.float32(127) / top if top > 0 else np.float32(0)
-        qi = q[i]
-        for j in range(k):
-            qi[j] = np.int8(np.int32(np.rint(row[j] * inv)))
+        scale[i] = _quantize_row(row, q[i])
+
+
+@numba.njit(inline="always")
+def _quantize_row(row, qi):
+    """``qi`` (int8) = ``round(row / scale)`` for float32 values ``row``, with ``scale = max
+    |row| / 127`` (1 for a row of zeros), which is returned."""
+    # the largest magnitude as the largest of the bits without the sign: non-negative floats
+    # order as their bits do, and an integer maximum vectorises (a float one would be a
+    # chain of dependent steps, its NaN rules kept)
+    wide = row.view(np.uint32)
+    top_bits = np.uint32(0)
+    for j in range(row.shape[0]):
+        top_bits = max(top_bits, wide[j] & np.uint32(0x7FFFFFFF))
+    top = _as_float(top_bits)
+    inv = np.float32(127) / top if top > 0 else np.float32(0)
+    for j in range(row.shape[0]):
+        qi[j] = np.int8(np.int32(np.rint(row[j] * inv)))
+    return top / np.float32(127) if top > 0 else np.float32(1)
 
 
 @numba.njit(**_OPTIONS, fastmath={"contract"})
@@ -433,9 +519,11 @@ def layer_norm_team(data):
     addend = numba.carray(_pointer(d[15]), (d[16], d[17]), np.uint16)
     y = numba.carray(_pointer(d[18]), (d[19], d[20]), np.uint16)
     y_plus = numba.carray(_pointer(d[21]), (d[22], d[23]), np.uint16)
+    q = numba.carray(_pointer(d[24]), (d[25], d[26]), np.int8)
+    q_scale = numba.carray(_pointer(d[27]), (d[28],), np.float32)
     start, stop = _next_part(d)
     while start < stop:
-        layer_norm(start, stop, x, weight, bias, eps, d[12] != 0, table, addend, y, y_plus)
+        layer_norm(start, stop, x, weight, bias, eps, d[12] != 0, table, addend, y, y_plus, q, q_scale)
         start, stop = _next_part(d)
 
 
@@ -474,4 +562,18 @@ def dequantize_rows_team(data):
     start, stop = _next_part(d)
     while start < stop:
         dequantize_rows(start, stop, acc, row_scale, col_scale, bias, addend, d[15], out)
+        start, stop = _next_part(d)
+
+
+@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
+def product_softmax_team(data):
+    d = numba.carray(data, (64,), np.int64)
+    acc = numba.carray(_pointer(d[3]), (d[4], d[5]), np.int32)
+    row_scale = numba.carray(_pointer(d[6]), (d[7],), np.float32)
+    col_scale = numba.carray(_pointer(d[8]), (d[9],), np.float32)
+    bias = numba.carray(_pointer(d[10]), (d[11],), np.float32)
+    out = numba.carray(_pointer(d[13]), (d[14], d[15]), np.uint16)
+    start, stop = _next_part(d)
+    while start < stop:
+        product_softmax(start, stop, acc, row_scale, col_scale, bias, d[12], out)
         start, stop = _next_part(d)

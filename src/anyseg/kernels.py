@@ -139,16 +139,18 @@ def layer_norm(x: torch.Tensor, norm: torch.nn.Module, gelu: bool = False, in_pl
     return _layer_norm(x, norm, gelu, None, in_place)[0]
 
 
-def layer_norm_plus(x: torch.Tensor, norm: torch.nn.Module, addend: torch.Tensor,
-                    in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def layer_norm_plus(x: torch.Tensor, norm: torch.nn.Module, addend: torch.Tensor, in_place: bool = False,
+                    int8: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, y + addend)`` with ``y = norm(x)`` as :func:`layer_norm` (``in_place``: ``y``
     is ``x``), in one pass: ``x`` ``(B, N, C)``, ``addend`` ``(1, N, C)``, both bf16; the
-    sum rounded to bf16 as torch rounds it."""
-    return _layer_norm(x, norm, False, addend, in_place)
+    sum rounded to bf16 as torch rounds it. ``int8``: ``(q, scale)``, int8 ``(B N, C)`` and
+    float32 ``(B N,)``, filled in the same pass with the sum's symmetric int8 rows (as
+    :func:`quantize_rows` makes them)."""
+    return _layer_norm(x, norm, False, addend, in_place, int8)
 
 
 def _layer_norm(x: torch.Tensor, norm: torch.nn.Module, gelu: bool, addend: torch.Tensor | None,
-                in_place: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                in_place: bool, int8: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, y + addend)`` from the one norm loop (an empty second result without ``addend``)."""
     c = x.shape[-1]
     if in_place:
@@ -158,7 +160,10 @@ def _layer_norm(x: torch.Tensor, norm: torch.nn.Module, gelu: bool, addend: torc
     y_plus = none if addend is None else torch.empty(x.shape, dtype=x.dtype)
     # given no rows for y, the loop writes over x
     rows = [_words(t).reshape(-1, c) for t in (x, none if addend is None else addend, none if in_place else y, y_plus)]
-    _run("layer_norm", rows[0].shape[0], rows[0], *_norm_params(norm), gelu, gelu_words(), *rows[1:])
+    q, scale = (torch.empty(0, c, dtype=torch.int8), torch.empty(0)) if int8 is None else int8
+    assert q.is_contiguous() and q.shape[0] in (0, rows[0].shape[0]) and len(scale) == len(q)
+    _run("layer_norm", rows[0].shape[0], rows[0], *_norm_params(norm), gelu, gelu_words(), *rows[1:], q.numpy(),
+         scale.numpy())
     return y, y_plus
 
 
@@ -186,6 +191,21 @@ def dequantize_rows(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch
     assert out.is_contiguous() and out.shape == acc.shape
     _run("dequantize_rows", acc.shape[0], acc.contiguous().numpy(), row_scale.numpy(), col_scale.numpy(),
          bias.numpy(), extra, first, out.view(torch.uint16).numpy())
+    return out
+
+
+def product_softmax(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor,
+                    group: int = 1) -> torch.Tensor:
+    """The softmax of attention scores from an int8 product: ``softmax(acc * row_scale[:, None]
+    * col_scale + bias[:, None])`` for int32 products ``acc`` ``(R, N)``, float32 ``row_scale``
+    and ``bias`` ``(R,)``, ``col_scale`` ``(N,)``: along the rows where ``group`` is 1, else
+    across each group of ``group`` consecutive rows (``(R / group, group, N)``, the softmax
+    along the middle axis). bf16 ``(R, N)``, computed in float32 and rounded once (in one
+    pass: the scores are never written)."""
+    out = torch.empty(acc.shape, dtype=torch.bfloat16)
+    n = acc.shape[0] // group
+    _run("product_softmax", n, acc.contiguous().numpy(), row_scale.contiguous().numpy(),
+         col_scale.contiguous().numpy(), bias.contiguous().numpy(), group, out.view(torch.uint16).numpy())
     return out
 
 

@@ -254,8 +254,9 @@ of the work); and on narrow outputs the pass that quantizes the inputs costs mor
 product saves (65536 x 384 x 96: 17.3 vs 14.5 ms in all)."""
 
 _int8 = ContextVar("anyseg_int8_linears", default=False)
-_int_mm = getattr(torch, "_int_mm", None)  # torch's int8 x int8 -> int32 product (absent: no int8)
-INT8_AVAILABLE = _int_mm is not None
+int8_mm = getattr(torch, "_int_mm", None)
+"""torch's int8 x int8 -> int32 product ``(M, K) @ (K, N)`` (None where this torch has none)."""
+INT8_AVAILABLE = int8_mm is not None
 """Whether this torch has the int8 product the int8 paths use (``torch._int_mm``)."""
 
 
@@ -315,7 +316,7 @@ def int8_product(x: torch.Tensor, q_t: torch.Tensor, col_scale: torch.Tensor, bi
     for i in range(parts):
         start, stop = rows.shape[0] * i // parts, rows.shape[0] * (i + 1) // parts
         q, row_scale = kernels.quantize_rows(rows[start:stop])
-        kernels.dequantize_rows(_int_mm(q, q_t), row_scale, col_scale, bias, addend, start, out[start:stop])
+        kernels.dequantize_rows(int8_mm(q, q_t), row_scale, col_scale, bias, addend, start, out[start:stop])
     return out.reshape(*x.shape[:-1], -1)
 
 

@@ -318,10 +318,12 @@ class MaskDecoder(nn.Module):
         :mod:`two_way_transformer`). Keep the image features in ``dtype`` too, or they are
         cast once per image. Autocast would instead cast every weight on every call, which
         on CPU costs more than it saves. ``int8`` (bf16 on the CPU): the upscaling's first
-        product in int8 (:meth:`_first_deconv_int8`)."""
+        product (:meth:`_first_deconv_int8`) and the transformer's attention scores against
+        the image after its first block (``TwoWayTransformer.int8_scores``) in int8."""
         twin = MaskDecoder(self.cfg).to(self.iou_token.weight.device)
         twin.load_state_dict(self.state_dict())
         twin.int8_upscale = int8
+        twin.transformer.int8_scores = int8
         twin.output_upscaling.to(dtype)
         for layer in twin.transformer.layers:
             layer.mlp.to(dtype)

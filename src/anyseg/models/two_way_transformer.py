@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from anyseg import kernels
 from anyseg.kernels import layer_norm_plus, loops_apply
-from anyseg.models.common import MLP, Attention, LastResult, MLPBlock, linear, relu_mlp, softmax_
+from anyseg.models.common import INT8_AVAILABLE, MLP, Attention, LastResult, MLPBlock, int8_mm, linear, relu_mlp, softmax_
 
 
 def per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -38,25 +39,54 @@ def per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return y.reshape(h, b, t, -1).transpose(0, 1)
 
 
-def tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+@dataclass
+class Int8Keys:
+    """One image's ``keys + key_pe`` ``(N, C)`` (the keys of the token -> image attentions and
+    the queries of the image -> token one) as symmetric int8 rows, one scale per position:
+    ``values`` ``(N, C)`` int8, ``scale`` ``(N,)`` float32. Made once per block from its bf16
+    input (:meth:`of`) and read by both attentions' int8 scores (:func:`int8_softmax`)."""
+
+    values: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def of(cls, keys_pe: torch.Tensor) -> "Int8Keys":
+        """Of bf16 ``keys_pe`` ``(1, N, C)``."""
+        return cls(*kernels.quantize_rows(keys_pe[0]))
+
+
+def int8_softmax(rows: torch.Tensor, keys: Int8Keys, bias: torch.Tensor | None = None, group: int = 1) -> torch.Tensor:
+    """Attention probabilities from int8 scores: ``rows`` ``(R, C)`` float32 (quantized per row
+    here) times ``keys`` (:class:`Int8Keys`, ``N`` positions) in int8, scaled back, plus
+    ``bias`` ``(R,)``, through a softmax along the positions (``group`` 1) or across each
+    group of ``group`` consecutive rows (:func:`~anyseg.kernels.product_softmax`, which
+    scales back in the same pass): ``(R, N)`` bf16."""
+    q, scale = kernels.quantize_rows(rows.contiguous())
+    bias = torch.zeros(len(rows)) if bias is None else bias.float()
+    return kernels.product_softmax(int8_mm(q, keys.values.t()), scale, keys.scale, bias, group)
+
+
+def tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    k_int8: Int8Keys | None = None) -> torch.Tensor:
     """``attn(q, k, v)`` for few queries ``(B, T, C)`` and many keys/values ``(B, N, C)``.
 
     Per head h: ``softmax((q W_q + b_q) (k W_k + b_k)^T / sqrt(d)) (v W_v + b_v)`` equals
     ``softmax(((q W_q + b_q) W_k^T) k^T / sqrt(d)) v W_v + b_v`` (the ``b_k`` term is constant
     along the softmax axis, and attention rows sum to one), so the image side is never
-    projected.
+    projected. ``k_int8``: ``k`` (one image's) as :class:`Int8Keys`, for the scores in int8.
     """
     b, t, c = q.shape
     h = attn.num_heads
     d = attn.internal_dim // h
     qh = attn.q_proj(q).reshape(b, t, h, d)
     qk = per_head(qh, attn.k_proj.weight.reshape(h, d, c)) * d**-0.5
-    qk = qk.reshape(b, h * t, c).to(k.dtype)
-    if k.dtype == torch.float32:
-        scores = qk @ k.transpose(1, 2)  # (B, hT, N)
+    qk = qk.reshape(b, h * t, c)
+    if k_int8 is not None:
+        probs = int8_softmax(qk[0], k_int8)[None]
+    elif k.dtype == torch.float32:
+        probs = softmax_(qk @ k.transpose(1, 2), dim=-1)  # (B, hT, N)
     else:  # bf16/fp16 product kernels want the N rows first (3x faster on AMX CPUs)
-        scores = torch.bmm(k, qk.transpose(1, 2)).transpose(1, 2).contiguous()
-    probs = softmax_(scores, dim=-1)
+        probs = softmax_(torch.bmm(k, qk.to(k.dtype).transpose(1, 2)).transpose(1, 2).contiguous(), dim=-1)
     pv = (probs @ v).reshape(b, h, t, c).to(q.dtype)
     out = per_head(pv.transpose(1, 2), attn.v_proj.weight.reshape(h, d, c).transpose(1, 2)).transpose(1, 2)
     out = out + attn.v_proj.bias.reshape(h, d)
@@ -75,7 +105,7 @@ def tokens_to_projected_image(attn: Attention, q: torch.Tensor, keys: torch.Tens
 
 def image_to_tokens(attn: Attention, q: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor,
                     residual: torch.Tensor, q_projected: torch.Tensor | None = None,
-                    in_place: bool = False) -> torch.Tensor:
+                    in_place: bool = False, q_int8: Int8Keys | None = None) -> torch.Tensor:
     """``residual + attn(q, k, v)`` for many queries ``(B, N, C)`` and few keys/values
     ``(B, T, C)``; ``residual`` ``(B, N, C)``.
 
@@ -85,7 +115,8 @@ def image_to_tokens(attn: Attention, q: torch.Tensor | None, k: torch.Tensor, v:
     bias is folded into the values too (``b_o / h`` per head) and the product accumulates
     straight into the residual (``in_place``: into ``residual`` itself, which is returned).
     ``q_projected``: the queries ``q W_q + b_q`` per head, ``(h, d, N)``, when already known
-    (then ``q`` is not read). The scores are laid out
+    (then ``q`` is not read). ``q_int8``: ``q`` (one image's) as :class:`Int8Keys`, for the
+    scores in int8. The scores are laid out
     ``(B, h, T, N)``: the softmax over the few keys then runs along a long contiguous axis
     (on a short last axis it is several times slower).
     """
@@ -96,13 +127,16 @@ def image_to_tokens(attn: Attention, q: torch.Tensor | None, k: torch.Tensor, v:
     dtype = residual.dtype  # the image side's
     kh = attn.k_proj(k).reshape(b, t, h, d)
     if q_projected is None:
-        fold_q = per_head(kh, attn.q_proj.weight.reshape(h, d, c)) * scale
-        bias = per_head(kh, attn.q_proj.bias.reshape(h, d, 1)) * scale  # (B, h, T, 1)
-        scores = torch.baddbmm(bias.reshape(b, h * t, 1).to(dtype), fold_q.reshape(b, h * t, c).to(dtype),
-                               q.transpose(1, 2))
+        fold_q = (per_head(kh, attn.q_proj.weight.reshape(h, d, c)) * scale).reshape(b, h * t, c)
+        bias = (per_head(kh, attn.q_proj.bias.reshape(h, d, 1)) * scale).reshape(b, h * t, 1)  # (B, hT, 1)
+        if q_int8 is not None:
+            probs = int8_softmax(fold_q[0], q_int8, bias.reshape(-1), group=t)[None]
+        else:
+            scores = torch.baddbmm(bias.to(dtype), fold_q.to(dtype), q.transpose(1, 2))
+            probs = softmax_(scores.reshape(b, h, t, -1), dim=2).reshape(b, h * t, -1)  # (B, hT, N)
     else:  # (B, h, T, d) @ (h, d, N)
         scores = (kh.permute(0, 2, 1, 3) * scale).to(dtype) @ q_projected
-    probs = softmax_(scores.reshape(b, h, t, -1), dim=2).reshape(b, h * t, -1)  # (B, hT, N)
+        probs = softmax_(scores, dim=2).reshape(b, h * t, -1)
     vh = attn.v_proj(v).reshape(b, t, h, d)
     fold_o = per_head(vh, attn.out_proj.weight.reshape(c, h, d).permute(1, 2, 0)) + attn.out_proj.bias / h
     values = fold_o.reshape(b, h * t, c).to(dtype)
@@ -111,14 +145,20 @@ def image_to_tokens(attn: Attention, q: torch.Tensor | None, k: torch.Tensor, v:
     return torch.baddbmm(residual, probs.transpose(1, 2), values)
 
 
-def norm_plus(norm: nn.LayerNorm, x: torch.Tensor, addend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(norm(x), norm(x) + addend)``; in one pass for bf16 image tokens on the CPU
+def norm_plus(norm: nn.LayerNorm, x: torch.Tensor, addend: torch.Tensor,
+              int8: bool = False) -> tuple[torch.Tensor, torch.Tensor, Int8Keys | None]:
+    """``(norm(x), norm(x) + addend, None)``; in one pass for bf16 image tokens on the CPU
     (:func:`~anyseg.kernels.layer_norm_plus`: each is a pass over a few MB), the norm
-    written over ``x`` (a result of :func:`image_to_tokens`, the caller's own)."""
+    written over ``x`` (a result of :func:`image_to_tokens`, the caller's own). ``int8``
+    (one image's ``x`` ``(1, N, C)``): the last is ``norm(x) + addend`` as :class:`Int8Keys`,
+    made in the same pass."""
     if loops_apply(x, addend) and addend.shape[0] == 1 and x.is_contiguous():
-        return layer_norm_plus(x, norm, addend, in_place=True)
+        made = Int8Keys(torch.empty(x.shape[1:], dtype=torch.int8), torch.empty(x.shape[1])) if int8 else None
+        y, y_plus = layer_norm_plus(x, norm, addend, in_place=True, int8=made and (made.values, made.scale))
+        return y, y_plus, made
     y = norm(x)
-    return y, y + addend
+    y_plus = y + addend
+    return y, y_plus, Int8Keys.of(y_plus) if int8 else None
 
 
 @dataclass
@@ -179,11 +219,14 @@ class TwoWayAttentionBlock(nn.Module):
         return relu_mlp(x.to(first.weight.dtype), first, second, self._packed_of).to(x.dtype)
 
     def forward(self, queries, keys, query_pe, key_pe, projected: ImageProjections | None = None,
-                own_keys: bool = False, keys_pe: torch.Tensor | None = None):
+                own_keys: bool = False, keys_pe: torch.Tensor | None = None, keys_int8: Int8Keys | None = None,
+                int8: bool = False):
         """``queries`` ``(B, Nq, C)`` tokens, ``keys`` ``(B, HW, C)`` image; returns both updated,
-        and the updated ``keys + key_pe``. ``projected``: :meth:`project_image` of ``keys``,
-        when known. ``own_keys``: ``keys`` may be overwritten (an earlier block's output, no
-        gradients recorded). ``keys_pe``: ``keys + key_pe``, when known."""
+        the updated ``keys + key_pe``, and (``int8``: one image's) that as :class:`Int8Keys`
+        (else None). ``projected``: :meth:`project_image` of ``keys``, when known.
+        ``own_keys``: ``keys`` may be overwritten (an earlier block's output, no gradients
+        recorded). ``keys_pe``: ``keys + key_pe``, when known; ``keys_int8``: it as
+        :class:`Int8Keys`, for the attention scores in int8."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -194,7 +237,7 @@ class TwoWayAttentionBlock(nn.Module):
         t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
         if projected is None:
             k = keys + key_pe if keys_pe is None else keys_pe
-            attn = tokens_to_image(t2i, queries + query_pe, k, keys)
+            attn = tokens_to_image(t2i, queries + query_pe, k, keys, keys_int8)
         else:
             k = None
             attn = tokens_to_projected_image(t2i, queries + query_pe, projected.keys, projected.values)
@@ -203,9 +246,8 @@ class TwoWayAttentionBlock(nn.Module):
 
         q = queries + query_pe
         q_projected = None if projected is None else projected.queries
-        keys, keys_pe = norm_plus(self.norm4, image_to_tokens(i2t, k, q, queries, keys, q_projected, in_place=own_keys),
-                                  key_pe)
-        return queries, keys, keys_pe
+        attn = image_to_tokens(i2t, k, q, queries, keys, q_projected, in_place=own_keys, q_int8=keys_int8)
+        return (queries, *norm_plus(self.norm4, attn, key_pe, int8))
 
 
 class TwoWayTransformer(nn.Module):
@@ -218,6 +260,9 @@ class TwoWayTransformer(nn.Module):
         )
         self.final_attn_token_to_image = Attention(dim, num_heads, downsample_rate)
         self.norm_final_attn = nn.LayerNorm(dim)
+        # the attention scores against the image after the first block in int8 (a decoder's
+        # int8 copy, MaskDecoder.copy_in): for one image's bf16 tokens on the CPU
+        self.int8_scores = False
 
     def forward(self, keys: torch.Tensor, key_pe: torch.Tensor, tokens: torch.Tensor,
                 projected: ImageProjections | None = None, rows: list[int] | None = None):
@@ -228,11 +273,13 @@ class TwoWayTransformer(nn.Module):
 
         Returns the tokens ``(B, len(rows), C)`` and image tokens ``(B, h*w, C)``.
         """
-        queries, keys_pe = tokens, None
+        int8 = self.int8_scores and INT8_AVAILABLE and len(keys) == 1 and loops_apply(keys)
+        queries, keys_pe, keys_int8 = tokens, None, None
         for i, layer in enumerate(self.layers):
-            queries, keys, keys_pe = layer(queries, keys, tokens, key_pe, projected if i == 0 else None,
-                                           own_keys=i > 0 and not torch.is_grad_enabled(), keys_pe=keys_pe)
+            queries, keys, keys_pe, keys_int8 = layer(
+                queries, keys, tokens, key_pe, projected if i == 0 else None,
+                own_keys=i > 0 and not torch.is_grad_enabled(), keys_pe=keys_pe, keys_int8=keys_int8, int8=int8)
         if rows is not None and len(rows) < tokens.shape[1]:
             queries, tokens = queries[:, rows], tokens[:, rows]
-        attn = tokens_to_image(self.final_attn_token_to_image, queries + tokens, keys_pe, keys)
+        attn = tokens_to_image(self.final_attn_token_to_image, queries + tokens, keys_pe, keys, keys_int8)
         return self.norm_final_attn(queries + attn), keys
