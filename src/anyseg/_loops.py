@@ -478,6 +478,26 @@ def _next_part(d):
     return n * part // parts, n * (part + 1) // parts
 
 
+_gettid = types.ExternalFunction("gettid", types.int32())  # glibc's (2.30 on)
+
+
+@numba.njit(**_OPTIONS)
+def thread_ids(start, stop, tids):
+    """``tids[start:stop]`` = the (Linux) id of the thread that runs this."""
+    for i in range(start, stop):
+        tids[i] = _gettid()
+
+
+@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
+def thread_ids_team(data):
+    # one part per thread (the others' entries run parts until none is left): each thread
+    # of the team writes its id once
+    d = numba.carray(data, (64,), np.int64)
+    tids = numba.carray(_pointer(d[3]), (d[4],), np.int64)
+    start, stop = _next_part(d)
+    thread_ids(start, stop, tids)
+
+
 @numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
 def resize_threshold_team(data):
     d = numba.carray(data, (64,), np.int64)

@@ -20,7 +20,10 @@ up), then their timed calls alternate one by one, so that each pair of samples s
 same load on a shared machine; this repeats ``--repeat`` times in fresh processes. Each
 timed call starts after ``--pause`` seconds of idle time (0.1 s by default; clicks come
 at human pace): otherwise the worker threads that one side's torch leaves spinning
-after its call would run on the cores during the other side's call. The
+after its call would run on the cores during the other side's call. Where anyseg places
+its threads one per CPU (:func:`anyseg.kernels.bound_threads`), the official process gets
+the same placement from OpenMP's variables (:func:`anyseg.kernels.placement_env`), as it
+gets anyseg's malloc settings (:mod:`anyseg._process`). The
 ratio is the median over pairs of the official time over ours (for video: per frame
 step; for memory: the official peak over ours), so above 1 means anyseg is faster (or
 smaller).
@@ -49,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anyseg import _process
+from anyseg import _process, kernels
 
 MODELS = ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "mobile_sam_vit_t", "sam_vit_b")
 MEASURES = ("encode", "click", "everything", "video", "memory")
@@ -310,6 +313,8 @@ class Worker:
         env = {**os.environ, **_process.in_force, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                "TQDM_DISABLE": "1",
                "PYTHONPATH": str(REPO / "src") if side is OURS else ""}
+        if side is not OURS:  # anyseg places its own threads (kernels.bound_threads)
+            env |= kernels.placement_env(task.threads)
         task_json = json.dumps({**asdict(task), "source": side.source})
         self.side = side
         self.stderr = (log_dir / f"{side.name}.stderr").open("w+")
@@ -475,7 +480,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
     return {"machine": machine() | {"torch_threads": cfg.threads},
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "settings": {"repeat": cfg.repeat, "threads": cfg.threads, "precisions": cfg.precisions,
-                         "pause": cfg.pause,
+                         "pause": cfg.pause, "placement": kernels.placement_env(cfg.threads),
                          "image": Path(cfg.image).name,
                          "everything_image": Path(cfg.everything_image).name,
                          "video": Path(cfg.video).name, "video_frames": cfg.frames,
@@ -558,6 +563,9 @@ def markdown(report: dict) -> str:
     official_torch = {r["official"]["torch"] for r in report["results"] if r["official"] and "torch" in r["official"]}
     settings = (["THP_MEM_ALLOC_ENABLE=1"] if m.get("thp_alloc") == "1" else []) + [
         f"{name}={value}" for name, value in m.get("malloc", {}).items()]
+    if report["settings"].get("placement"):  # anyseg's own (kernels.bound_threads), the official side's by variables
+        settings.append("threads placed one per CPU (official side: "
+                        + " ".join(f"{k}={v}" for k, v in report["settings"]["placement"].items()) + ")")
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, {m['torch_threads']} threads"
         + (f"; official side: torch {', '.join(sorted(official_torch))}" if official_torch else "")

@@ -17,6 +17,7 @@ import torch
 from anyseg.errors import AnysegError, InvalidInputError
 from anyseg.io.export import atomic_path
 from anyseg.io.images import as_rgb_array
+from anyseg.kernels import bound_threads
 from anyseg.models.features import ImageFeatures
 from anyseg.predictors.precision import PRECISIONS, check_precision, encoding
 from anyseg.predictors.prompts import as_float_array, check_inside
@@ -87,7 +88,7 @@ class ImagePredictor:
         if not arrays:
             raise InvalidInputError("set_images() needs at least one image")
         batch = torch.stack([self.transform.image(a) for a in arrays]).to(self.model.device, self.model.dtype)
-        with encoding(self.model.device, self.precision):
+        with encoding(self.model.device, self.precision), bound_threads():
             features = self.model.encode_image(batch)
         self._features = features.to(dtype=self._features_dtype)
         self._sizes = [a.shape[:2] for a in arrays]
@@ -169,11 +170,12 @@ class ImagePredictor:
         index = self._image_index(image)
         hw = self._sizes[index]
         coords, lab, boxes, masks_in, batched = self._prompt_tensors(points, labels, box, mask_input, hw)
-        out = self.model.predict_masks(
-            self._features.select(index), coords, lab, boxes, masks_in, multimask, decoder=self.decoder
-        )
-        logits = out.masks.float()
-        masks = self.transform.binary_masks(logits, hw, self.mask_threshold)
+        with bound_threads():
+            out = self.model.predict_masks(
+                self._features.select(index), coords, lab, boxes, masks_in, multimask, decoder=self.decoder
+            )
+            logits = out.masks.float()
+            masks = self.transform.binary_masks(logits, hw, self.mask_threshold)
         if self.transform.low_res_clamp is not None:  # in place: the masks are made already
             logits = logits.clamp_(-self.transform.low_res_clamp, self.transform.low_res_clamp)
         scores = out.iou.float().cpu().numpy()

@@ -1,0 +1,67 @@
+"""anyseg's placement of torch's OpenMP threads (``kernels.bound_threads``) and the variables
+that give another process the same (``kernels.placement_env``)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from anyseg import kernels
+
+CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+@pytest.fixture
+def team_of_every_cpu(monkeypatch):
+    """torch's team as large as the process's CPUs, no placement in the environment."""
+    if len(CPUS) < 2 or kernels._team() is None:
+        pytest.skip("needs two CPUs or more and torch on GNU OpenMP")
+    for name in kernels.PLACEMENT_ENV:
+        monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(len(CPUS))
+    yield
+    torch.set_num_threads(threads)
+
+
+def in_new_thread(fn):
+    """``fn()`` on a thread of its own (whose OpenMP team is its own), its result."""
+    out = []
+    thread = threading.Thread(target=lambda: out.append(fn()))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+def placements():
+    """The calling thread's CPUs before, within and after ``bound_threads``, and its team's
+    threads' ids and CPUs after."""
+    before = os.sched_getaffinity(0)
+    with kernels.bound_threads():
+        inside = os.sched_getaffinity(0)
+        torch.ones(100_000).sum()  # torch work in the context
+    after = os.sched_getaffinity(0)
+    tids = np.zeros(len(CPUS), np.int64)
+    kernels._run("thread_ids", len(CPUS), tids)
+    return before, inside, after, threading.get_native_id(), {t: os.sched_getaffinity(t) for t in tids.tolist()}
+
+
+def test_bound_threads_place_the_caller_and_its_team(team_of_every_cpu):
+    before, inside, after, me, team = in_new_thread(placements)
+    assert inside == {CPUS[0]} and after == before  # the caller's CPUs back after
+    assert me in team and len(team) == len(CPUS)
+    workers = [cpus for tid, cpus in team.items() if tid != me]
+    assert sorted(min(c) for c in workers) == CPUS[1:] and all(len(c) == 1 for c in workers)  # kept there
+
+
+def test_placement_left_to_the_environment(team_of_every_cpu, monkeypatch):
+    assert kernels.placement_env(len(CPUS)) == {"OMP_PROC_BIND": "close", "OMP_PLACES": "threads"}
+    assert kernels.placement_env(1) == kernels.placement_env(len(CPUS) + 1) == {}
+    monkeypatch.setenv("OMP_PROC_BIND", "false")
+    assert kernels.placement_env(len(CPUS)) == {}
+    before, inside, after, me, team = in_new_thread(placements)
+    assert inside == after == before and all(cpus == set(CPUS) for cpus in team.values())
