@@ -97,7 +97,7 @@ def bound_threads() -> Iterator[None]:
     Unplaced, a worker woken after idle time may be queued on the CPU of the thread that
     woke it, which spins there waiting for it, for milliseconds until the scheduler moves
     one of them (on a virtual machine, whose idle CPUs look busy to the guest, often):
-    paired clicks after 0.1 s idle 4-7% faster placed, on the 2-core AMD EPYC host.
+    paired clicks after 0.1 s idle 2-4% faster placed, on the 2-core AMD EPYC host.
     """
     cpus = _placement()
     if cpus is None:
