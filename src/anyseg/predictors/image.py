@@ -61,8 +61,8 @@ class ImagePredictor:
     Coordinates are (x, y) pixels of the original image. ``model`` is any model from
     :func:`anyseg.load_model` (SAM 1, MobileSAM or SAM 2). ``precision`` ``"bf16"`` /
     ``"fp16"`` opts in to a faster reduced-precision image encoder and mask decoder, and
-    ``"int8"`` to bf16 with the encoder's wide linear layers and the decoder's first
-    upscaling product in int8 on the CPU (default
+    ``"int8"`` to bf16 with the encoder's wide linear layers, the decoder's first upscaling
+    product and its later attention scores in int8 on the CPU (default
     ``"fp32"``: exact; see :mod:`anyseg.predictors.precision`); the prompt encoder and the
     mask resizing stay in fp32.
     """

@@ -9,9 +9,10 @@ AMX/AVX-512-BF16 and on GPUs, at an accuracy cost measured in
 ``benchmarks/precision_accuracy.py``. ``"int8"`` is ``"bf16"`` with the image encoder's wide
 linear layers in int8 on the CPU (:func:`~anyseg.models.common.int8_linears`): a SAM
 2.1-tiny encode another 10-13% faster on an AMD EPYC (int8 dot-product instructions, VNNI),
-and the image predictors' mask decoder's first upscaling product too
-(``MaskDecoder.copy_in``: a click 1-3% faster there), at a further accuracy cost, measured
-there on the fixtures' random weights only.
+and the image predictors' mask decoder's first upscaling product and its attention scores
+against the image after the transformer's first block too (``MaskDecoder.copy_in``: a click
+3-8% faster there), at a further accuracy cost, measured there on the fixtures' random
+weights only.
 """
 
 from __future__ import annotations
