@@ -6,9 +6,12 @@ A click is timed after 0.1 s of idle time (``anyseg bench``). Two parts, each wi
 - ``ops``: two operations apart from any model (a 256-element ``exp`` and a 4096 x 256 x 256
   matrix product), each timed right after ``--pause`` seconds of sleep and back to back. On a
   virtual machine the idle vCPUs are halted and handed back to the host; waking torch's second
-  OpenMP thread then takes as long as the host needs to run that vCPU again.
+  OpenMP thread then takes as long as the host needs to run that vCPU again, or, where the
+  guest queues the woken thread behind the one that woke it (which spins waiting for it),
+  until its scheduler moves one of them. Then again within ``kernels.bound_threads`` (after
+  the first two: its placement stays), where it places the threads (``placed_after_idle_ms``).
 - ``click``: a bf16 click of SAM 2.1-tiny (random fixture-format weights, the bench's image
-  and clicks) back to back, after the pause, and back to back after reading ``--evict-mb`` MB
+  and clicks; its threads placed as the image predictor places them) back to back, after the pause, and back to back after reading ``--evict-mb`` MB
   (which evicts the caches, the click's code and data, without any idle time), and after
   both. Where evicting alone costs about what the pause does, the idle penalty is the caches
   the host's other work empties while this machine sleeps.
@@ -31,6 +34,8 @@ from common import write_results
 def child(threads: int, pause: float, repeat: int) -> dict:
     import torch
 
+    from anyseg import kernels
+
     torch.set_num_threads(threads)
     small, a, b = torch.randn(1, 2, 128), torch.randn(4096, 256), torch.randn(256, 256)
     ops = {"exp_256": lambda: small.exp(), "matmul_4096x256x256": lambda: a @ b}
@@ -46,6 +51,16 @@ def child(threads: int, pause: float, repeat: int) -> dict:
                 op()
                 times.append(1000 * (time.perf_counter() - t))
             out.setdefault(name, {})[label] = round(statistics.median(times), 3)
+    if kernels.placement_env(threads):  # where bound_threads places threads; from here on they stay placed
+        for name, op in ops.items():
+            times = []
+            for _ in range(repeat):
+                time.sleep(pause)
+                with kernels.bound_threads():
+                    t = time.perf_counter()
+                    op()
+                    times.append(1000 * (time.perf_counter() - t))
+            out[name]["placed_after_idle_ms"] = round(statistics.median(times), 3)
     return out
 
 

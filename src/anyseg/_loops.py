@@ -307,7 +307,8 @@ def softmax(start, stop, x, addend):
 _COLUMNS = 512  # columns per pass of product_softmax's softmax across rows
 
 
-# the maxima and sums may be taken in any order
+# the maxima and sums may be taken in any order; the scores are finite (int32 products
+# times finite scales), which lets the maxima vectorise
 @numba.njit(**_OPTIONS, fastmath={"reassoc", "contract", "nnan", "ninf", "nsz"})
 def product_softmax(start, stop, acc, row_scale, col_scale, bias, group, out):
     """Rows of ``out`` (bf16 words) = the softmax of the scores ``acc[i, j] * row_scale[i] *
@@ -339,7 +340,7 @@ def product_softmax(start, stop, acc, row_scale, col_scale, bias, group, out):
             cs = col_scale[c0 : c0 + w]
             for t in range(group):
                 r, st = g * group + t, s[t]
-                a, rs, b = acc[r, c0 : c0 + w], row_scale[g * group + t], bias[g * group + t]
+                a, rs, b = acc[r, c0 : c0 + w], row_scale[r], bias[r]
                 for j in range(w):
                     st[j] = np.float32(a[j]) * (rs * cs[j]) + b
             for j in range(w):
