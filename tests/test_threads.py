@@ -65,3 +65,22 @@ def test_placement_left_to_the_environment(team_of_every_cpu, monkeypatch):
     assert kernels.placement_env(len(CPUS)) == {}
     before, inside, after, me, team = in_new_thread(placements)
     assert inside == after == before and all(cpus == set(CPUS) for cpus in team.values())
+
+
+def test_placement_not_allowed_is_left_to_the_system(team_of_every_cpu, monkeypatch):
+    calls = []
+
+    def refused(*args):
+        calls.append(args)
+        raise PermissionError("not allowed")
+
+    monkeypatch.setattr(kernels.os, "sched_setaffinity", refused)
+
+    def twice():
+        with kernels.bound_threads():
+            first = os.sched_getaffinity(0)
+        with kernels.bound_threads():
+            return first, os.sched_getaffinity(0)
+
+    assert in_new_thread(twice) == (set(CPUS), set(CPUS))
+    assert len(calls) == 1  # tried once per thread, then left alone

@@ -83,7 +83,8 @@ def _process_cpus() -> tuple[int, ...]:
     return tuple(sorted(os.sched_getaffinity(os.getpid())))
 
 
-_teams_bound: set[tuple[int, int]] = set()  # (calling thread's id, team size) whose workers are placed
+# (calling thread's id, team size) -> whether its team's workers could be placed
+_teams_placed: dict[tuple[int, int], bool] = {}
 
 
 @contextmanager
@@ -121,16 +122,16 @@ def _placement() -> tuple[int, ...] | None:
     if len(cpus) != n:
         return None
     key = (threading.get_native_id(), n)
-    if key not in _teams_bound:
+    if key not in _teams_placed:
         tids = np.zeros(n, np.int64)
         _run("thread_ids", n, tids)
         try:
             for tid, cpu in zip([t for t in tids.tolist() if t != key[0]], cpus[1:]):
                 os.sched_setaffinity(tid, (cpu,))
+            _teams_placed[key] = True
         except OSError:  # not allowed here (a container's policy): leave placement to the system
-            return None
-        _teams_bound.add(key)
-    return cpus
+            _teams_placed[key] = False
+    return cpus if _teams_placed[key] else None
 
 
 def placement_env(threads: int) -> dict[str, str]:
