@@ -27,7 +27,8 @@ from torch import nn
 
 from anyseg import kernels
 from anyseg.kernels import layer_norm_plus, loops_apply
-from anyseg.models.common import INT8_AVAILABLE, MLP, Attention, LastResult, MLPBlock, int8_mm, linear, relu_mlp, softmax_
+from anyseg.models.common import (INT8_AVAILABLE, MLP, Attention, LastResult, MLPBlock, int8_mm, linear, relu_mlp,
+                                  softmax_)
 
 
 def per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -153,9 +154,10 @@ def norm_plus(norm: nn.LayerNorm, x: torch.Tensor, addend: torch.Tensor,
     (one image's ``x`` ``(1, N, C)``): the last is ``norm(x) + addend`` as :class:`Int8Keys`,
     made in the same pass."""
     if loops_apply(x, addend) and addend.shape[0] == 1 and x.is_contiguous():
-        made = Int8Keys(torch.empty(x.shape[1:], dtype=torch.int8), torch.empty(x.shape[1])) if int8 else None
-        y, y_plus = layer_norm_plus(x, norm, addend, in_place=True, int8=made and (made.values, made.scale))
-        return y, y_plus, made
+        if not int8:
+            return (*layer_norm_plus(x, norm, addend, in_place=True), None)
+        made = Int8Keys(torch.empty(x.shape[1:], dtype=torch.int8), torch.empty(x.shape[1]))
+        return (*layer_norm_plus(x, norm, addend, in_place=True, int8=(made.values, made.scale)), made)
     y = norm(x)
     y_plus = y + addend
     return y, y_plus, Int8Keys.of(y_plus) if int8 else None
