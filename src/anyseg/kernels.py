@@ -46,17 +46,25 @@ def _team() -> ctypes.CDLL | None:
 
 def _run(name: str, n: int, *args) -> None:
     """``loop(start, stop, *args)`` over ``[0, n)``: in ``torch.get_num_threads()`` parts
-    on torch's OpenMP team where there is one (:func:`_team`), else on this thread."""
+    on torch's OpenMP team where there is one (:func:`_team`), else on this thread. An
+    argument is an int, a float32 scalar, a contiguous array, or a contiguous CPU tensor (a
+    bf16 one the loop reads as 16-bit words): the team's entries take a tensor's memory as
+    it is, which is quicker than making an array of it (this is per call, and a click makes
+    a dozen)."""
     from anyseg import _loops  # compiled (or read from numba's cache) on first use
 
     parts = min(torch.get_num_threads(), n)
     team = _team() if parts > 1 else None
     if team is None:
-        getattr(_loops, name)(0, n, *args)
+        getattr(_loops, name)(0, n, *(_array(arg) if isinstance(arg, torch.Tensor) else arg for arg in args))
         return
     # the descriptor of _loops' team entries: n, parts, the parts counter's address, the arguments
     words, keep = [n, parts, 0], []
     for arg in args:
+        if isinstance(arg, torch.Tensor):
+            assert arg.is_contiguous() and arg.device.type == "cpu"
+            words += [arg.data_ptr(), *arg.shape]
+            continue
         if isinstance(arg, np.float32):
             arg = np.array([arg])
         if isinstance(arg, np.ndarray):
@@ -151,6 +159,18 @@ def loops_apply(*tensors: torch.Tensor) -> bool:
     return not torch.is_grad_enabled() and all(t.device.type == "cpu" and t.dtype == torch.bfloat16 for t in tensors)
 
 
+def _array(t: torch.Tensor) -> np.ndarray:
+    """A contiguous CPU tensor as the array a loop reads (bf16 as 16-bit words)."""
+    t = t.detach()
+    return (t.view(torch.uint16) if t.dtype == torch.bfloat16 else t).numpy()
+
+
+@functools.cache
+def _no_rows(dtype: torch.dtype, *columns: int) -> torch.Tensor:
+    """A tensor of no rows (of ``columns``): for a loop, an argument not given."""
+    return torch.empty(0, *columns, dtype=dtype)
+
+
 def _words(t: torch.Tensor) -> np.ndarray:
     """A CPU tensor's memory as 16-bit words (numpy has no bf16), contiguous."""
     return t.detach().contiguous().view(torch.uint16).numpy()
@@ -185,9 +205,8 @@ def mask_product(features: torch.Tensor, hyper: torch.Tensor, h: int, w: int, ge
     bf16 = features.dtype == torch.bfloat16
     assert bf16 or not gelu, "the activation's table is of bf16 values"
     # the loop reads 16-bit words: one per bf16 value, two per float32
-    words = _words(features if bf16 else features.float())
-    _run("mask_product", b * h, words, bf16, gelu, gelu_words(), hyper.float().contiguous().numpy(), h, w,
-         out.numpy())
+    words = features.contiguous() if bf16 else _words(features.float())
+    _run("mask_product", b * h, words, bf16, gelu, gelu_words(), hyper.float().contiguous(), h, w, out)
     return out
 
 
@@ -201,9 +220,8 @@ def gelu_words() -> np.ndarray:
 
 
 def _norm_params(norm: torch.nn.Module) -> list:
-    """An affine layer norm's weight, bias (float32 arrays) and epsilon (float32)."""
-    return [norm.weight.detach().float().contiguous().numpy(), norm.bias.detach().float().contiguous().numpy(),
-            np.float32(norm.eps)]
+    """An affine layer norm's weight, bias (float32 tensors) and epsilon (float32)."""
+    return [norm.weight.float().contiguous(), norm.bias.float().contiguous(), np.float32(norm.eps)]
 
 
 def layer_norm(x: torch.Tensor, norm: torch.nn.Module, gelu: bool = False, in_place: bool = False) -> torch.Tensor:
@@ -232,15 +250,14 @@ def _layer_norm(x: torch.Tensor, norm: torch.nn.Module, gelu: bool, addend: torc
     c = x.shape[-1]
     if in_place:
         assert x.is_contiguous(), "a norm in place needs x's own (contiguous) memory"
-    none = torch.empty(0, c, dtype=x.dtype)  # no rows: for the loop, an argument not given
+    none = _no_rows(x.dtype, c)
     y = x if in_place else torch.empty(x.shape, dtype=x.dtype)
     y_plus = none if addend is None else torch.empty(x.shape, dtype=x.dtype)
     # given no rows for y, the loop writes over x
-    rows = [_words(t).reshape(-1, c) for t in (x, none if addend is None else addend, none if in_place else y, y_plus)]
-    q, scale = (torch.empty(0, c, dtype=torch.int8), torch.empty(0)) if int8 is None else int8
+    rows = [t.contiguous().view(-1, c) for t in (x, none if addend is None else addend, none if in_place else y, y_plus)]
+    q, scale = (_no_rows(torch.int8, c), _no_rows(torch.float32)) if int8 is None else int8
     assert q.is_contiguous() and q.shape[0] in (0, rows[0].shape[0]) and len(scale) == len(q)
-    _run("layer_norm", rows[0].shape[0], rows[0], *_norm_params(norm), gelu, gelu_words(), *rows[1:], q.numpy(),
-         scale.numpy())
+    _run("layer_norm", rows[0].shape[0], rows[0], *_norm_params(norm), gelu, gelu_words(), *rows[1:], q, scale)
     return y, y_plus
 
 
@@ -252,7 +269,7 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     assert bf16 or x.dtype == torch.float32, "int8 rows are made of bf16 or float32 values"
     q = torch.empty(x.shape, dtype=torch.int8)
     scale = torch.empty(x.shape[0])
-    _run("quantize_rows", x.shape[0], _words(x), bf16, q.numpy(), scale.numpy())
+    _run("quantize_rows", x.shape[0], x.contiguous() if bf16 else _words(x), bf16, q, scale)
     return q, scale
 
 
@@ -264,10 +281,10 @@ def dequantize_rows(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch
     (row ``i`` adds ``addend[(first + i) % P]``): one pass, one rounding. Written into
     ``out`` (bf16, contiguous ``(M, N)``) when given."""
     out = torch.empty(acc.shape, dtype=torch.bfloat16) if out is None else out
-    extra = np.empty((0, acc.shape[1]), np.uint16) if addend is None else _words(addend).reshape(-1, acc.shape[1])
+    extra = _no_rows(torch.bfloat16, acc.shape[1]) if addend is None else addend.contiguous().view(-1, acc.shape[1])
     assert out.is_contiguous() and out.shape == acc.shape
-    _run("dequantize_rows", acc.shape[0], acc.contiguous().numpy(), row_scale.numpy(), col_scale.numpy(),
-         bias.numpy(), extra, first, out.view(torch.uint16).numpy())
+    _run("dequantize_rows", acc.shape[0], acc.contiguous(), row_scale.contiguous(), col_scale.contiguous(),
+         bias.contiguous(), extra, first, out)
     return out
 
 
@@ -281,8 +298,8 @@ def product_softmax(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch
     pass: the scores are never written)."""
     out = torch.empty(acc.shape, dtype=torch.bfloat16)
     n = acc.shape[0] // group
-    _run("product_softmax", n, acc.contiguous().numpy(), row_scale.contiguous().numpy(),
-         col_scale.contiguous().numpy(), bias.contiguous().numpy(), group, out.view(torch.uint16).numpy())
+    _run("product_softmax", n, acc.contiguous(), row_scale.contiguous(), col_scale.contiguous(), bias.contiguous(),
+         group, out)
     return out
 
 
@@ -300,7 +317,7 @@ def softmax_(x: torch.Tensor, addend: torch.Tensor | None = None) -> torch.Tenso
     several times faster than torch's (whose per-row cost dominates rows of 16-49)."""
     assert x.is_contiguous(), "a softmax in place needs x's own (contiguous) memory"
     n = x.shape[-1]
-    rows = _words(x).reshape(-1, n)
-    extra = np.empty((0, n), np.uint16) if addend is None else _words(addend).reshape(-1, n)
+    rows = x.view(-1, n)
+    extra = _no_rows(torch.bfloat16, n) if addend is None else addend.contiguous().view(-1, n)
     _run("softmax", rows.shape[0], rows, extra)
     return x
