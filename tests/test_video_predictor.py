@@ -178,3 +178,25 @@ def test_int8_precision_encodes_frames_with_int8_linears(model):
             hook.remove()
     assert [r.frame for r in results] == [0, 1, 2] and results[-1].masks.shape == (1, H, W)
     assert ("encoder", True) in seen and ("memory", False) in seen and ("encoder", False) not in seen
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_decodes_on_the_decoder_copy(model, precision):
+    """In bf16 / int8 every decode (prompted and tracked frames) runs on the predictor's
+    copy of the mask decoder, outside autocast; fp32 keeps the model's own."""
+    assert VideoPredictor(model).decoder is None
+    predictor = VideoPredictor(model, precision=precision)
+    copy = predictor.decoder
+    assert copy is not model.mask_decoder and copy.output_upscaling[0].weight.dtype == torch.bfloat16
+    calls = []
+    hooks = [copy.register_forward_hook(lambda *_: calls.append(torch.is_autocast_enabled("cpu"))),
+             model.mask_decoder.register_forward_hook(lambda *_: calls.append("model's own"))]
+    try:
+        with predictor.open(random_frames(3)) as s:
+            s.add_prompt(0, 1, points=[[30, 20]], labels=[1])
+            results = list(s.propagate())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert [r.frame for r in results] == [0, 1, 2] and results[-1].masks.shape == (1, H, W)
+    assert calls == [False] * 3

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from anyseg.models.mask_decoder import MaskDecoder
+
 NO_OBJ_SCORE = -1024.0  # mask logits of an object judged absent
 
 
@@ -58,12 +60,14 @@ class Sam2TrackerMixin:
         labels: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask: bool = False,
+        decoder: MaskDecoder | None = None,
     ) -> TrackStep:
         """Prompt encoder + mask decoder on (memory-conditioned) features.
 
         ``feat`` ``(B, 256, 64, 64)``; ``coords`` ``(B, N, 2)`` model-input pixels and
         ``labels`` ``(B, N)`` (box corners as labels 2, 3); ``mask_input`` ``(B, 1, h, w)``
-        logits (resized to 256 x 256 if needed).
+        logits (resized to 256 x 256 if needed). ``decoder``: a copy of the mask decoder to
+        decode with instead (:meth:`MaskDecoder.copy_in`, called outside autocast).
         """
         b = feat.shape[0]
         if coords is None:
@@ -76,7 +80,8 @@ class Sam2TrackerMixin:
                 mask_input.float(), prompt.mask_input_size, mode="bilinear", align_corners=False, antialias=True
             )
         sparse, dense = prompt(coords, labels, mask_input)
-        out = self.sam_mask_decoder(feat, prompt.dense_pe(), sparse, dense, multimask, high_res)
+        out = (self.sam_mask_decoder if decoder is None else decoder)(feat, prompt.dense_pe(), sparse, dense, multimask,
+                                                                      high_res)
         present = out.object_score > 0
         low_multi = torch.where(present[:, None, None], out.masks, NO_OBJ_SCORE).float()
         if multimask:

@@ -1,18 +1,18 @@
 """Opt-in reduced precision for inference.
 
 ``"fp32"`` (the default) computes exactly as the official implementations do. ``"bf16"``
-and ``"fp16"`` run the image encoder and the video tracker's matrix products, convolutions
-and attention under autocast in that type (weights stay fp32), and the image side and the
-token MLPs of the image predictors' mask decoder on a copy of its weights
+and ``"fp16"`` run the image encoder and the video tracker's memory attention and memory
+encoder (matrix products, convolutions and attention) under autocast in that type (weights
+stay fp32), and the image side and the token MLPs of the mask decoder, in the image
+predictors and the video tracker alike, on a copy of its weights outside autocast
 (``MaskDecoder.copy_in``; the prompt tokens stay fp32): several times faster on CPUs with
 AMX/AVX-512-BF16 and on GPUs, at an accuracy cost measured in
 ``benchmarks/precision_accuracy.py``. ``"int8"`` is ``"bf16"`` with the image encoder's wide
 linear layers in int8 on the CPU (:func:`~anyseg.models.common.int8_linears`): a SAM
 2.1-tiny encode another 10-13% faster on an AMD EPYC (int8 dot-product instructions, VNNI),
-and the image predictors' mask decoder's first upscaling product and its attention scores
-against the image after the transformer's first block too (``MaskDecoder.copy_in``: a click
-3-8% faster there), at a further accuracy cost, measured there on the fixtures' random
-weights only.
+and the mask decoder copy's first upscaling product and its attention scores against the
+image after the transformer's first block too (``MaskDecoder.copy_in``: a click 3-8% faster
+there), at a further accuracy cost, measured there on the fixtures' random weights only.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from anyseg.io.masks import small_components
 from anyseg.io.video import VideoSource, open_video
 from anyseg.models.features import ImageFeatures
 from anyseg.models.sam2_tracking import NO_OBJ_SCORE, Memory, TrackStep
-from anyseg.predictors.precision import autocast, check_precision, encoding
+from anyseg.predictors.precision import PRECISIONS, autocast, check_precision, encoding
 from anyseg.predictors.prompts import check_inside
 from anyseg.predictors.transforms import Sam2Transform
 
@@ -115,6 +115,11 @@ class VideoPredictor:
         self.fill_hole_area = fill_hole_area
         self.max_sprinkle_area = max_sprinkle_area
         self.precision = check_precision(precision)
+        reduced = PRECISIONS[self.precision]
+        # prompted and tracked masks are decoded on a copy whose image side is in the reduced
+        # type, outside autocast (which would cast every weight on every call), as the image
+        # predictor decodes them
+        self.decoder = None if reduced is None else model.mask_decoder.copy_in(reduced, int8=self.precision == "int8")
 
     def open(self, source, **video_options) -> "VideoSession":
         """Open a video file, a frame folder, a list of frames or a live iterator."""
@@ -302,22 +307,23 @@ class VideoSession:
     ) -> FrameOutput:
         model = self.model
         feats = self._frame_features(frame)
-        with self._autocast():
-            if prompt is not None and prompt.mask is not None:
+        if prompt is not None and prompt.mask is not None:
+            with self._autocast():
                 step = model.mask_as_output(feats.embed, feats.high_res, prompt.mask)
-            else:
+        else:
+            with self._autocast():
                 pix = self._condition(obj, frame, feats, is_init_cond, reverse)
-                num_points = 0 if prompt is None else prompt.num_points
-                coords = None if prompt is None else prompt.coords
-                labels = None if prompt is None else prompt.labels
-                step = model.forward_sam_heads(
-                    pix, feats.high_res, coords, labels, mask_input=prev_logits, multimask=num_points <= 1
-                )
-            memory = None
-            if encode_memory:
-                binarize = prompt is not None and prompt.mask is None
+            num_points = 0 if prompt is None else prompt.num_points
+            coords = None if prompt is None else prompt.coords
+            labels = None if prompt is None else prompt.labels
+            step = model.forward_sam_heads(pix, feats.high_res, coords, labels, mask_input=prev_logits,
+                                           multimask=num_points <= 1, decoder=self.predictor.decoder)
+        memory = None
+        if encode_memory:
+            binarize = prompt is not None and prompt.mask is None
+            with self._autocast():
                 memory, _ = model.encode_memory(feats.embed, step.high_res, step.object_score, binarize=binarize)
-                memory = memory.to(torch.bfloat16)
+            memory = memory.to(torch.bfloat16)
         return FrameOutput(self._postprocess(step), step.obj_ptr, step.object_score, memory)
 
     def _condition(self, obj: ObjectTrack, frame: int, feats: ImageFeatures, is_init_cond: bool, reverse: bool):
