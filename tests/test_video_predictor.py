@@ -161,6 +161,18 @@ def test_video_file_source(model, samples_dir):
         assert results[-1].masks.shape == (1, 540, 960)
 
 
+def _track_three_frames(predictor: VideoPredictor, hooks: list) -> None:
+    """Prompt frame 0 of three random frames and propagate, then remove ``hooks``."""
+    try:
+        with predictor.open(random_frames(3)) as s:
+            s.add_prompt(0, 1, points=[[30, 20]], labels=[1])
+            results = list(s.propagate())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert [r.frame for r in results] == [0, 1, 2] and results[-1].masks.shape == (1, H, W)
+
+
 def test_int8_precision_encodes_frames_with_int8_linears(model):
     """``precision="int8"``: each frame's encode runs within ``int8_linears`` (which layers
     it turns to int8 is tested in test_int8.py); the rest of the step does not."""
@@ -169,14 +181,7 @@ def test_int8_precision_encodes_frames_with_int8_linears(model):
     seen = []
     hooks = [model.image_encoder.register_forward_hook(lambda *_: seen.append(("encoder", common._int8.get()))),
              model.memory_attention.register_forward_hook(lambda *_: seen.append(("memory", common._int8.get())))]
-    try:
-        with VideoPredictor(model, precision="int8").open(random_frames(3)) as s:
-            s.add_prompt(0, 1, points=[[30, 20]], labels=[1])
-            results = list(s.propagate())
-    finally:
-        for hook in hooks:
-            hook.remove()
-    assert [r.frame for r in results] == [0, 1, 2] and results[-1].masks.shape == (1, H, W)
+    _track_three_frames(VideoPredictor(model, precision="int8"), hooks)
     assert ("encoder", True) in seen and ("memory", False) in seen and ("encoder", False) not in seen
 
 
@@ -191,12 +196,5 @@ def test_reduced_precision_decodes_on_the_decoder_copy(model, precision):
     calls = []
     hooks = [copy.register_forward_hook(lambda *_: calls.append(torch.is_autocast_enabled("cpu"))),
              model.mask_decoder.register_forward_hook(lambda *_: calls.append("model's own"))]
-    try:
-        with predictor.open(random_frames(3)) as s:
-            s.add_prompt(0, 1, points=[[30, 20]], labels=[1])
-            results = list(s.propagate())
-    finally:
-        for hook in hooks:
-            hook.remove()
-    assert [r.frame for r in results] == [0, 1, 2] and results[-1].masks.shape == (1, H, W)
+    _track_three_frames(predictor, hooks)
     assert calls == [False] * 3
