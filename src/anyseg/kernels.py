@@ -161,6 +161,7 @@ def loops_apply(*tensors: torch.Tensor) -> bool:
 
 def _array(t: torch.Tensor) -> np.ndarray:
     """A contiguous CPU tensor as the array a loop reads (bf16 as 16-bit words)."""
+    assert t.is_contiguous() and t.device.type == "cpu"  # as the team's entries require
     t = t.detach()
     return (t.view(torch.uint16) if t.dtype == torch.bfloat16 else t).numpy()
 

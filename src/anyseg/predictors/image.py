@@ -19,7 +19,7 @@ from anyseg.io.export import atomic_path
 from anyseg.io.images import as_rgb_array
 from anyseg.kernels import bound_threads
 from anyseg.models.features import ImageFeatures
-from anyseg.predictors.precision import PRECISIONS, check_precision, encoding
+from anyseg.predictors.precision import PRECISIONS, check_precision, decoder_copy, encoding
 from anyseg.predictors.prompts import as_float_array, check_inside
 from anyseg.predictors.transforms import transform_for
 
@@ -70,10 +70,9 @@ class ImagePredictor:
     def __init__(self, model, mask_threshold: float = 0.0, precision: str = "fp32") -> None:
         self.model = model.eval()
         self.precision = check_precision(precision)
-        reduced = PRECISIONS[self.precision]
         # prompts are decoded on a copy whose image side is in the reduced type; the features are kept in it
-        self._decoder = None if reduced is None else model.mask_decoder.copy_in(reduced, int8=self.precision == "int8")
-        self._features_dtype = reduced or model.dtype
+        self._decoder = decoder_copy(model.mask_decoder, self.precision)
+        self._features_dtype = PRECISIONS[self.precision] or model.dtype
         self.transform = transform_for(model)
         self.mask_threshold = mask_threshold
         self._features: ImageFeatures | None = None

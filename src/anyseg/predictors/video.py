@@ -27,7 +27,7 @@ from anyseg.io.masks import small_components
 from anyseg.io.video import VideoSource, open_video
 from anyseg.models.features import ImageFeatures
 from anyseg.models.sam2_tracking import NO_OBJ_SCORE, Memory, TrackStep
-from anyseg.predictors.precision import PRECISIONS, autocast, check_precision, encoding
+from anyseg.predictors.precision import autocast, check_precision, decoder_copy, encoding
 from anyseg.predictors.prompts import check_inside
 from anyseg.predictors.transforms import Sam2Transform
 
@@ -115,11 +115,8 @@ class VideoPredictor:
         self.fill_hole_area = fill_hole_area
         self.max_sprinkle_area = max_sprinkle_area
         self.precision = check_precision(precision)
-        reduced = PRECISIONS[self.precision]
-        # prompted and tracked masks are decoded on a copy whose image side is in the reduced
-        # type, outside autocast (which would cast every weight on every call), as the image
-        # predictor decodes them
-        self.decoder = None if reduced is None else model.mask_decoder.copy_in(reduced, int8=self.precision == "int8")
+        # prompted and tracked masks are decoded as the image predictor decodes them
+        self.decoder = decoder_copy(model.mask_decoder, self.precision)
 
     def open(self, source, **video_options) -> "VideoSession":
         """Open a video file, a frame folder, a list of frames or a live iterator."""
