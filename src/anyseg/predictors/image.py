@@ -71,7 +71,7 @@ class ImagePredictor:
         self.model = model.eval()
         self.precision = check_precision(precision)
         # prompts are decoded on a copy whose image side is in the reduced type; the features are kept in it
-        self._decoder = decoder_copy(model.mask_decoder, self.precision)
+        self._decoder = decoder_copy(model, self.precision)
         self._features_dtype = PRECISIONS[self.precision] or model.dtype
         self.transform = transform_for(model)
         self.mask_threshold = mask_threshold

@@ -34,12 +34,12 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def decoder_copy(mask_decoder, precision: str):
-    """The copy of ``mask_decoder`` that prompts are decoded with in ``precision`` (its image
-    side in the reduced type, outside autocast, which would cast every weight on every call;
-    ``MaskDecoder.copy_in``), or None for fp32 (the model's own)."""
+def decoder_copy(model, precision: str):
+    """The copy of ``model``'s mask decoder that prompts are decoded with in ``precision`` (its
+    image side in the reduced type, outside autocast, which would cast every weight on every
+    call; ``MaskDecoder.copy_in``), or None for fp32 (the model's own, not read here)."""
     reduced = PRECISIONS[precision]
-    return None if reduced is None else mask_decoder.copy_in(reduced, int8=precision == "int8")
+    return None if reduced is None else model.mask_decoder.copy_in(reduced, int8=precision == "int8")
 
 
 def autocast(device: torch.device, precision: str):

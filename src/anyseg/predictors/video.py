@@ -116,7 +116,7 @@ class VideoPredictor:
         self.max_sprinkle_area = max_sprinkle_area
         self.precision = check_precision(precision)
         # prompted and tracked masks are decoded as the image predictor decodes them
-        self.decoder = decoder_copy(model.mask_decoder, self.precision)
+        self.decoder = decoder_copy(model, self.precision)
 
     def open(self, source, **video_options) -> "VideoSession":
         """Open a video file, a frame folder, a list of frames or a live iterator."""
