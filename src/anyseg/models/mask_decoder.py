@@ -106,6 +106,7 @@ class MaskDecoder(nn.Module):
         self.cfg = cfg
         self._skips_of = LastResult()  # see _skips
         self._image_of = LastResult()  # see _image_side
+        self._pe_of = LastResult()  # see _image_side
         self._stacked_of = LastResult()  # see _hypernetworks
         self._deconv_of = LastResult()  # see _upscale
         self._quantized_of = LastResult()  # see _first_deconv_int8
@@ -274,13 +275,15 @@ class MaskDecoder(nn.Module):
         projections, which cost more than that layer's folded attention, are added on that
         second prompt (a video frame is decoded once)."""
 
-        def compute():
+        def compute():  # in the (B, h w, C) token layout throughout (a view of channels-last maps)
             dtype = self.image_dtype
-            src = image_embed.to(dtype)
+            src = image_embed.flatten(2).transpose(1, 2).to(dtype)
             if offset is not None:
-                src = src + offset.to(dtype).reshape(1, -1, 1, 1)
-            keys = (src + dense[:1].to(dtype) if broadcast else src + dense.to(dtype)).flatten(2).transpose(1, 2)
-            return ImageSide(keys, image_pe.to(dtype).flatten(2).transpose(1, 2))
+                src = src + offset.to(dtype)
+            add = (dense[:1, :, :1, 0] if broadcast else dense.flatten(2)).transpose(1, 2).to(dtype)
+            keys = (src + add).contiguous()
+            key_pe = self._pe_of.get((image_pe,), lambda: image_pe.to(dtype).flatten(2).transpose(1, 2))
+            return ImageSide(keys, key_pe)
 
         broadcast = _is_broadcast(dense)
         if not broadcast:
@@ -333,6 +336,7 @@ class MaskDecoder(nn.Module):
         # the kept results were computed with the old weights
         self._skips_of.clear()
         self._image_of.clear()
+        self._pe_of.clear()
         self._stacked_of.clear()
         self._deconv_of.clear()
         self._quantized_of.clear()

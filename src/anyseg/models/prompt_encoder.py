@@ -72,8 +72,17 @@ class PromptEncoder(nn.Module):
         return emb * is_point + F.embedding(labels.long() - LABEL_PAD, table)
 
     def embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, 4h, 4w)`` mask logits -> ``(B, embed_dim, h, w)``."""
-        return self.mask_downscaling(masks)
+        """``(B, 1, 4h, 4w)`` mask logits -> ``(B, embed_dim, h, w)``, channels last: the
+        last (1 x 1) convolution is a linear layer over the pixels, whose output is the
+        decoder's ``(B, h w, embed_dim)`` token layout (added to image features in that
+        layout, a map in the other costs a transposing pass of a few ms)."""
+        *downscale, last = self.mask_downscaling
+        x = masks
+        for layer in downscale:
+            x = layer(x)
+        b, c, h, w = x.shape
+        tokens = F.linear(x.flatten(2).transpose(1, 2), last.weight.reshape(-1, c), last.bias)
+        return tokens.transpose(1, 2).reshape(b, -1, h, w)
 
     def forward(
         self,
