@@ -18,15 +18,25 @@ NO_OBJ_SCORE = -1024.0  # mask logits of an object judged absent
 class TrackStep:
     """One object's (or a batch of B objects') outputs on one frame.
 
-    ``low_res`` ``(B, 1, 256, 256)`` and ``high_res`` ``(B, 1, 1024, 1024)`` mask logits of
-    the chosen mask; ``obj_ptr`` ``(B, 256)`` the object pointer; ``object_score``
-    ``(B, 1)`` presence logits.
+    ``low_res`` ``(B, 1, 256, 256)`` mask logits of the chosen mask (``high_res`` at the
+    model's ``image_size``); ``obj_ptr`` ``(B, 256)`` the object pointer; ``object_score``
+    ``(B, 1)`` presence logits. ``high``: ``high_res`` when given or made.
     """
 
     low_res: torch.Tensor
-    high_res: torch.Tensor
     obj_ptr: torch.Tensor
     object_score: torch.Tensor
+    image_size: int
+    high: torch.Tensor | None = None
+
+    @property
+    def high_res(self) -> torch.Tensor:
+        """``(B, 1, S, S)`` mask logits: ``low_res`` upsampled, made when first asked for
+        (only a memory is made from them; a click encodes none)."""
+        if self.high is None:
+            size = (self.image_size, self.image_size)
+            self.high = F.interpolate(self.low_res, size, mode="bilinear", align_corners=False)
+        return self.high
 
 
 @dataclass
@@ -91,10 +101,9 @@ class Sam2TrackerMixin:
             token = out.tokens[rows, best] if out.tokens.shape[1] > 1 else out.tokens[:, 0]
         else:
             low, token = low_multi, out.tokens[:, 0]
-        high = F.interpolate(low, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
         presence = present.float()
         obj_ptr = presence * self.obj_ptr_proj(token) + (1 - presence) * self.no_obj_ptr
-        return TrackStep(low, high, obj_ptr, out.object_score)
+        return TrackStep(low, obj_ptr, out.object_score, self.image_size)
 
     def mask_as_output(self, feat: torch.Tensor, high_res: list[torch.Tensor], mask: torch.Tensor) -> TrackStep:
         """A mask prompt taken as the output itself: ``mask`` ``(B, 1, 1024, 1024)`` binary.
@@ -106,7 +115,7 @@ class Sam2TrackerMixin:
         ptr = self.forward_sam_heads(feat, high_res, mask_input=self.mask_downsample(m)).obj_ptr
         presence = torch.any(m.flatten(1) > 0.0, dim=1, keepdim=True).float()
         obj_ptr = presence * ptr + (1 - presence) * self.no_obj_ptr
-        return TrackStep(low, high, obj_ptr, 20.0 * presence - 10.0)
+        return TrackStep(low, obj_ptr, 20.0 * presence - 10.0, self.image_size, high)
 
     def condition_on_memory(
         self,

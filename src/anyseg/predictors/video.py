@@ -318,8 +318,9 @@ class VideoSession:
         memory = None
         if encode_memory:
             binarize = prompt is not None and prompt.mask is None
+            high = step.high_res  # (made outside autocast)
             with self._autocast():
-                memory, _ = model.encode_memory(feats.embed, step.high_res, step.object_score, binarize=binarize)
+                memory, _ = model.encode_memory(feats.embed, high, step.object_score, binarize=binarize)
             memory = memory.to(torch.bfloat16)
         return FrameOutput(self._postprocess(step), step.obj_ptr, step.object_score, memory)
 
