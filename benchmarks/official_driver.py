@@ -94,7 +94,7 @@ def prepare(task: dict):
     """Set the task up on the official predictors, warm-up included; returns ``(step,
     check)`` with the meaning of :func:`anyseg.bench.prepare`."""
     measure_name = task["measure"]
-    if measure_name in ("encode", "click", "memory"):
+    if measure_name in ("encode", "click", "refine", "memory"):
         image = load_image(task["image"])
         pred = image_predictor(build_image_model(task), task)
         clicks = [np.asarray([c], dtype=np.float32) for c in task["clicks"]]
@@ -103,9 +103,22 @@ def prepare(task: dict):
             pred.set_image(image)
         if measure_name == "encode":
             return lambda: seconds(lambda: pred.set_image(image)), dict
-        _, scores, _ = pred.predict(point_coords=clicks[0], point_labels=label, multimask_output=True)
+        _, scores, logits = pred.predict(point_coords=clicks[0], point_labels=label, multimask_output=True)
         if measure_name == "memory":
             return peak_rss_mib, dict
+        if measure_name == "refine":
+            mask_input = logits[int(np.argmax(scores))][None]
+            pairs = itertools.cycle(zip(clicks, clicks[1:] + clicks[:1]))
+            labels = np.asarray([1, 1], dtype=np.int32)
+
+            def refine():
+                return pred.predict(point_coords=np.concatenate(next(pairs)), point_labels=labels,
+                                    mask_input=mask_input, multimask_output=False)
+
+            _, refined, _ = refine()
+            for _ in range(task["warmup"]):
+                refine()
+            return lambda: 1000 * seconds(refine), lambda: {"scores": np.asarray(refined).tolist()}
         for _ in range(task["warmup"]):
             pred.predict(point_coords=clicks[0], point_labels=label, multimask_output=True)
         cycle = itertools.cycle(clicks)

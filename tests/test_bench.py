@@ -69,6 +69,8 @@ def test_image_measures(small_model, inputs):
     assert step() > 0 and check() == {}
     step, check = bench.prepare(task("click", inputs, clicks=bench.click_points((H, W))), small_model)
     assert step() > 0 and step() > 0 and len(check()["scores"]) == 3
+    step, check = bench.prepare(task("refine", inputs, clicks=bench.click_points((H, W))), small_model)
+    assert step() > 0 and step() > 0 and len(check()["scores"]) == 1
     step, _ = bench.prepare(task("memory", inputs), small_model)
     assert step() == pytest.approx(bench.peak_rss_mib(), rel=0.05)
 

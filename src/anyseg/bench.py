@@ -6,6 +6,9 @@ speed does not depend on the values):
 * ``encode``: image encode, seconds (``ImagePredictor.set_image``);
 * ``click``: click-to-mask latency with a cached embedding, milliseconds (one
   foreground click, three masks, masks at the image's resolution);
+* ``refine``: a refinement click, milliseconds: the first click's best low-res logits as
+  the mask input, with that click and a second one, one mask (the official notebooks'
+  iterative refinement);
 * ``everything``: segment-everything, seconds per image (``MaskGenerator`` at the
   official defaults: a 32 x 32 grid, no crops);
 * ``video``: video tracking, frames per second with 1 and with 3 objects (SAM 2 only);
@@ -55,7 +58,7 @@ import numpy as np
 from anyseg import _process, kernels
 
 MODELS = ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "mobile_sam_vit_t", "sam_vit_b")
-MEASURES = ("encode", "click", "everything", "video", "memory")
+MEASURES = ("encode", "click", "refine", "everything", "video", "memory")
 VIDEO_OBJECTS = (1, 3)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,7 +79,7 @@ VIDEO_PROMPTS = (
 )
 
 # measure -> unit of the reported value (video samples are seconds per frame step)
-UNITS = {"encode": "s", "click": "ms", "everything": "s", "video": "fps", "memory": "MiB"}
+UNITS = {"encode": "s", "click": "ms", "refine": "ms", "everything": "s", "video": "fps", "memory": "MiB"}
 
 
 def family_of(model: str) -> str:
@@ -133,7 +136,7 @@ class Task:
     """One measurement, as both sides read it (JSON).
 
     ``measure`` is one of :data:`MEASURES`; ``weights`` an official-format checkpoint of
-    ``model``; ``image`` the input of encode, click and memory, ``everything_image`` that of
+    ``model``; ``image`` the input of encode, click, refine and memory, ``everything_image`` that of
     segment-everything; ``frames_dir`` a folder of JPEG frames ``00000.jpg`` ... of which
     the first ``frames`` + 1 are tracked with the first ``objects`` of ``prompts``.
     ``warmup`` untimed calls precede the ``iters`` timed ones the harness asks for.
@@ -209,7 +212,7 @@ def prepare(task: Task, net=None) -> tuple[Step, Check]:
 
     if net is None:
         net = load_model(task.model, task.weights)
-    if task.measure in ("encode", "click", "memory"):
+    if task.measure in ("encode", "click", "refine", "memory"):
         image = load_image(task.image)
         pred = ImagePredictor(net, precision=task.precision)
         clicks = task.clicks or click_points(image.shape[:2])
@@ -220,6 +223,17 @@ def prepare(task: Task, net=None) -> tuple[Step, Check]:
         first = pred.predict(points=[clicks[0]], labels=[1], multimask=True)
         if task.measure == "memory":
             return peak_rss_mib, dict
+        if task.measure == "refine":
+            mask_input = first.logits[first.best][None]
+            pairs = itertools.cycle(zip(clicks, clicks[1:] + clicks[:1]))
+
+            def refine():
+                return pred.predict(points=list(next(pairs)), labels=[1, 1], mask_input=mask_input, multimask=False)
+
+            refined = refine()
+            for _ in range(task.warmup):
+                refine()
+            return lambda: 1000 * seconds(refine), lambda: {"scores": refined.scores.tolist()}
         for _ in range(task.warmup):
             pred.predict(points=[clicks[0]], labels=[1], multimask=True)
         cycle = itertools.cycle(clicks)
@@ -451,7 +465,8 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
                     continue
                 if weights is None:  # the same file for every precision
                     weights = random_weights(model, tmp_path / f"{model}.pt")
-                iters = {"click": cfg.click_iters, "video": cfg.frames}.get(measure_name, cfg.iters)
+                iters = cfg.frames if measure_name == "video" else cfg.click_iters if UNITS[measure_name] == "ms" \
+                    else cfg.iters
                 if measure_name in ("everything", "memory"):
                     iters = 1
                 task = Task(model=model, measure=measure_name, weights=str(weights), threads=cfg.threads,
@@ -533,7 +548,8 @@ def _value(entry: dict, unit: str) -> float | None:
 
 def compare_checks(ours: dict | None, theirs: dict | None) -> str:
     """A short statement of whether both sides computed the same outputs: predicted IoU
-    scores of the first click, mask areas on the last tracked frame, or mask counts."""
+    scores of the first click (or refinement), mask areas on the last tracked frame, or mask
+    counts."""
     if not ours or not theirs:
         return ""
     if "scores" in ours:
