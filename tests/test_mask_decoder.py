@@ -10,6 +10,7 @@ import torch
 from anyseg.kernels import gelu_words, layer_norm, layer_norm_plus, mask_product
 from anyseg.models.common import LastResult, relu_mlp
 from anyseg.models.mask_decoder import MaskDecoder, MaskDecoderConfig, _from_blocks
+from anyseg.models.prompt_encoder import MaskEmbedding, PromptEncoder
 from anyseg.models.two_way_transformer import softmax_
 
 
@@ -169,6 +170,41 @@ def test_kept_first_layer_projections_change_nothing():
         torch.testing.assert_close(kept.masks, plain.masks, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(kept.iou, plain.iou, rtol=1e-4, atol=1e-4)
     assert dec._image_of.reused
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mask_prompt_shifts_the_kept_projections(dtype):
+    """A mask prompt on an image whose no-mask side is kept decodes with that side's
+    projections shifted by the mask's factored embedding, as with its dense embedding."""
+    dec = decoder()
+    dec = dec if dtype == torch.float32 else dec.copy_in(dtype)
+    embed, pe, sparse, _, high_res = prompt_inputs(dec, b=1)
+    torch.manual_seed(2)
+    enc = PromptEncoder(embed_dim=32, embedding_size=(4, 6), input_size=(64, 96))
+    for p in enc.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    masks = enc(None, None, 3 * torch.randn(1, 1, 16, 24))[1]
+    assert isinstance(masks, MaskEmbedding)
+    offset = torch.randn(32)
+    full = dec.predict_all(embed, pe, sparse, masks.dense(), high_res, offset)  # nothing kept yet
+    no_mask = enc(None, None, None)[1]
+    for _ in range(2):  # keeps the no-mask side, then projects it
+        dec.predict_all(embed, pe, sparse, no_mask, high_res, offset)
+    shifted = dec.predict_all(embed, pe, sparse, masks, high_res, offset)
+    assert dec._image_of.peek((embed, pe, masks.no_mask, offset)).projected is not None
+    tol = 1e-4 if dtype == torch.float32 else 0.1
+    torch.testing.assert_close(shifted.masks, full.masks, rtol=tol, atol=tol)
+    torch.testing.assert_close(shifted.iou, full.iou, rtol=tol, atol=tol)
+
+
+def test_mask_embedding_is_the_mask_downscaling():
+    torch.manual_seed(3)
+    enc = PromptEncoder(embed_dim=32, embedding_size=(4, 6), input_size=(64, 96))
+    masks = 3 * torch.randn(2, 1, 16, 24)
+    embedding = enc.embed_masks(masks)
+    assert embedding.features.shape == (2, 24, 16) and embedding.size == (4, 6)
+    torch.testing.assert_close(embedding.dense(), enc.mask_downscaling(masks), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("wanted", [slice(None), slice(1, None), slice(0, 1)])

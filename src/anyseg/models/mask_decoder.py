@@ -12,6 +12,7 @@ from torch import nn
 from anyseg.kernels import layer_norm, loops_apply, mask_product
 from anyseg.models.common import (INT8_AVAILABLE, MLP, LastResult, LayerNorm2d, Linear, int8_product,
                                   quantize_weight)
+from anyseg.models.prompt_encoder import MaskEmbedding
 from anyseg.models.two_way_transformer import ImageProjections, TwoWayTransformer
 
 
@@ -156,7 +157,8 @@ class MaskDecoder(nn.Module):
         """Every mask token's output, before the multimask choice.
 
         ``image_embed`` ``(1 or B, C, h, w)`` (broadcast to the B prompts), ``image_pe``
-        ``(1, C, h, w)``, ``sparse`` ``(B, N, C)``, ``dense`` ``(B, C, h, w)``,
+        ``(1, C, h, w)``, ``sparse`` ``(B, N, C)``, ``dense`` ``(B, C, h, w)`` (or a
+        :class:`~anyseg.models.prompt_encoder.MaskEmbedding`),
         ``high_res_features`` ``[(1 or B, C/8, 4h, 4w), (1 or B, C/4, 2h, 2w)]``,
         ``image_offset`` ``(C,)`` added to the embedding first (SAM 2's ``no_mem_embed``).
         ``masks_of``: the mask tokens whose masks are made (all by default; the scores and
@@ -273,7 +275,13 @@ class MaskDecoder(nn.Module):
         With no mask prompt they depend on the image only, so the last result is kept
         (:class:`LastResult`) for the next prompt on the same image; the first layer's
         projections, which cost more than that layer's folded attention, are added on that
-        second prompt (a video frame is decoded once)."""
+        second prompt (a video frame is decoded once). A mask prompt (``dense`` a
+        :class:`MaskEmbedding`) on an image whose no-mask side is kept takes that side's
+        projections shifted by its embedding (:meth:`TwoWayAttentionBlock.shift_projections`)."""
+        masks = dense if isinstance(dense, MaskEmbedding) else None
+        if masks is not None:
+            dense = masks.dense()
+        broadcast = _is_broadcast(dense)
 
         def compute():  # in the (B, h w, C) token layout throughout (a view of channels-last maps)
             dtype = self.image_dtype
@@ -285,13 +293,23 @@ class MaskDecoder(nn.Module):
             key_pe = self._pe_of.get((image_pe,), lambda: image_pe.to(dtype).flatten(2).transpose(1, 2))
             return ImageSide(keys, key_pe)
 
-        broadcast = _is_broadcast(dense)
+        inputs = (image_embed, image_pe, dense if masks is None else masks.no_mask)
+        inputs += () if offset is None else (offset,)
+        first = self.transformer.layers[0]
+        if masks is not None:
+            side = compute()
+            plain = None if torch.is_grad_enabled() else self._image_of.peek(inputs)
+            if plain is not None and len(plain.keys) == 1 and len(side.keys) == 1:
+                if plain.projected is None:
+                    plain.projected = first.project_image(plain.keys, plain.key_pe)
+                shift = masks.bias - masks.no_mask[0, :, 0, 0]  # the no-mask vector is in plain already
+                side.projected = first.shift_projections(plain.projected, masks.features, masks.weight, shift)
+            return side
         if not broadcast:
             return compute()
-        inputs = (image_embed, image_pe, dense) + (() if offset is None else (offset,))
         side = self._image_of.get(inputs, compute)
         if self._image_of.reused and side.projected is None and len(side.keys) == 1:
-            side.projected = self.transformer.layers[0].project_image(side.keys, side.key_pe)
+            side.projected = first.project_image(side.keys, side.key_pe)
         return side
 
     def _skips(self, high_res_features: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:

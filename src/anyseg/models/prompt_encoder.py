@@ -3,6 +3,8 @@ sparse and dense embeddings for the mask decoder."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,6 +14,30 @@ from anyseg.models.position import PositionEmbeddingRandom
 
 # Point labels understood by the prompt encoder.
 LABEL_PAD, LABEL_NEG, LABEL_POS, LABEL_BOX_TL, LABEL_BOX_BR = -1, 0, 1, 2, 3
+
+
+@dataclass
+class MaskEmbedding:
+    """Mask prompts' dense embedding, factored: ``features @ weight^T + bias``, where
+    ``features`` ``(B, h w, c)`` are the mask downscaling's output before its last (1 x 1)
+    convolution, as tokens, and ``weight`` ``(C, c)`` and ``bias`` ``(C,)`` that
+    convolution's; ``size`` is ``(h, w)``. ``no_mask``: the dense embedding without a mask
+    prompt, ``(1, C, h, w)``, as :meth:`PromptEncoder.forward` gives it. The mask decoder
+    shifts the projections it made of an image once by the embedding's few channels (c =
+    16) instead of projecting the image again (``MaskDecoder._image_side``)."""
+
+    features: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    size: tuple[int, int]
+    no_mask: torch.Tensor
+
+    def dense(self) -> torch.Tensor:
+        """The embedding ``(B, C, h, w)``, channels last: the decoder's ``(B, h w, C)`` token
+        layout (added to image features in that layout; a map in the other takes a
+        transposing pass of a few ms)."""
+        tokens = F.linear(self.features, self.weight, self.bias)
+        return tokens.transpose(1, 2).reshape(len(tokens), -1, *self.size)
 
 
 class PromptEncoder(nn.Module):
@@ -71,18 +97,20 @@ class PromptEncoder(nn.Module):
         is_point = (labels != LABEL_PAD).unsqueeze(-1).to(emb.dtype)
         return emb * is_point + F.embedding(labels.long() - LABEL_PAD, table)
 
-    def embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, 4h, 4w)`` mask logits -> ``(B, embed_dim, h, w)``, channels last: the
-        last (1 x 1) convolution is a linear layer over the pixels, whose output is the
-        decoder's ``(B, h w, embed_dim)`` token layout (added to image features in that
-        layout, a map in the other costs a transposing pass of a few ms)."""
+    def embed_masks(self, masks: torch.Tensor) -> MaskEmbedding:
+        """``(B, 1, 4h, 4w)`` mask logits -> their :class:`MaskEmbedding` (``(B, embed_dim,
+        h, w)`` by its ``dense()``)."""
         *downscale, last = self.mask_downscaling
         x = masks
         for layer in downscale:
             x = layer(x)
-        b, c, h, w = x.shape
-        tokens = F.linear(x.flatten(2).transpose(1, 2), last.weight.reshape(-1, c), last.bias)
-        return tokens.transpose(1, 2).reshape(b, -1, h, w)
+        _, c, h, w = x.shape
+        features = x.flatten(2).transpose(1, 2).contiguous()
+        return MaskEmbedding(features, last.weight.reshape(-1, c), last.bias, (h, w), self._no_mask(1))
+
+    def _no_mask(self, batch_size: int) -> torch.Tensor:
+        """The dense embedding without a mask prompt: ``(B, C, h, w)``, one vector expanded."""
+        return self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch_size, -1, *self.embedding_size)
 
     def forward(
         self,
@@ -90,8 +118,9 @@ class PromptEncoder(nn.Module):
         labels: torch.Tensor | None,
         masks: torch.Tensor | None,
         batch_size: int = 1,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns sparse ``(B, N, C)`` and dense ``(B, C, h, w)`` embeddings.
+    ) -> tuple[torch.Tensor, torch.Tensor | MaskEmbedding]:
+        """Returns sparse ``(B, N, C)`` and dense ``(B, C, h, w)`` embeddings (for ``masks``,
+        a :class:`MaskEmbedding`, whose ``dense()`` that is).
 
         Padding (label -1 points) is the caller's choice: SAM 1 pads only when there
         is no box, SAM 2 always pads.
@@ -104,9 +133,4 @@ class PromptEncoder(nn.Module):
                 batch_size = masks.shape[0]
             weight = self.no_mask_embed.weight
             sparse = torch.empty((batch_size, 0, self.embed_dim), device=weight.device, dtype=weight.dtype)
-        if masks is not None:
-            dense = self.embed_masks(masks)
-        else:
-            h, w = self.embedding_size
-            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch_size, -1, h, w)
-        return sparse, dense
+        return sparse, self._no_mask(batch_size) if masks is None else self.embed_masks(masks)
