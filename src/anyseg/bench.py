@@ -465,8 +465,8 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
                     continue
                 if weights is None:  # the same file for every precision
                     weights = random_weights(model, tmp_path / f"{model}.pt")
-                iters = cfg.frames if measure_name == "video" else cfg.click_iters if UNITS[measure_name] == "ms" \
-                    else cfg.iters
+                clicks_or_frames = {"video": cfg.frames, "click": cfg.click_iters, "refine": cfg.click_iters}
+                iters = clicks_or_frames.get(measure_name, cfg.iters)
                 if measure_name in ("everything", "memory"):
                     iters = 1
                 task = Task(model=model, measure=measure_name, weights=str(weights), threads=cfg.threads,

@@ -49,7 +49,8 @@ def register(sub) -> None:
     p.add_argument("--repeat", type=int, default=3, metavar="N",
                    help="interleaved repeats, each in fresh processes (default: 3)")
     p.add_argument("--iters", type=int, default=3, metavar="N", help="timed encodes per process (default: 3)")
-    p.add_argument("--clicks", type=int, default=20, metavar="N", help="timed clicks (or refinements) per process (default: 20)")
+    p.add_argument("--clicks", type=int, default=20, metavar="N",
+                   help="timed clicks (or refinements) per process (default: 20)")
     p.add_argument("--frames", type=int, default=15, metavar="N",
                    help="video frames tracked after the prompted one (default: 15)")
     p.add_argument("--pause", type=float, default=0.1, metavar="SECONDS",
