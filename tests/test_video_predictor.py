@@ -66,6 +66,22 @@ def test_new_object_after_propagation_and_refinement(session):
     assert results[7].object_scores[1] == pytest.approx(10.0)  # a mask prompt is its own output
 
 
+def test_refinement_clicks_on_a_tracked_frame_condition_it_once(session, monkeypatch):
+    session.add_prompt(0, 1, points=[[30, 20]], labels=[1])
+    list(session.propagate(max_frames=4))
+    calls = []
+    condition = session.model.condition_on_memory
+    monkeypatch.setattr(session.model, "condition_on_memory", lambda *a, **k: calls.append(a) or condition(*a, **k))
+    session.add_prompt(2, 1, points=[[40, 25]], labels=[1], clear=False)
+    session.add_prompt(2, 1, points=[[12, 12]], labels=[0], clear=False)
+    assert len(calls) == 1 and calls[0][2]  # one memory attention, with memories
+    kept, session._conditioned = session._conditioned[2], None
+    fresh = session._condition(session.objects[1], 2, session._frame_features(2), False, False)
+    torch.testing.assert_close(fresh, kept, rtol=0, atol=0)
+    session.add_prompt(4, 1, points=[[20, 20]], labels=[1], clear=False)  # another frame: its own bank
+    assert len(calls) == 3
+
+
 def test_remove_reset_clear(session):
     session.add_prompt(0, 1, points=[[30, 20]], labels=[1])
     session.add_prompt(0, 2, points=[[10, 10]], labels=[1])

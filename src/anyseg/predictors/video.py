@@ -137,6 +137,7 @@ class VideoSession:
         self.objects: OrderedDict[int, ObjectTrack] = OrderedDict()
         self._features: OrderedDict[int, ImageFeatures] = OrderedDict()
         self._memory_pos: torch.Tensor | None = None
+        self._conditioned: tuple | None = None  # the last conditioning: see _condition
         self._live_frames: Iterator | None = None  # a live source is pulled only as needed
         self._live_seen = -1
 
@@ -325,10 +326,31 @@ class VideoSession:
         return FrameOutput(self._postprocess(step), step.obj_ptr, step.object_score, memory)
 
     def _condition(self, obj: ObjectTrack, frame: int, feats: ImageFeatures, is_init_cond: bool, reverse: bool):
-        """The frame's features conditioned on ``obj``'s memory bank (the official policy)."""
+        """The frame's features conditioned on ``obj``'s memory bank (the official policy).
+
+        The last result is kept with its inputs (references to the very tensors) and given
+        again for the same ones: clicks on one frame see the same bank (a click's output
+        joins it only when tracking starts), so a refinement click on a tracked frame costs
+        a decode instead of a memory attention (over a second on a CPU), and the decoder
+        finds the same features again (see ``MaskDecoder._image_side``)."""
         model = self.model
-        if is_init_cond:
-            return model.condition_on_memory(feats.embed, feats.pos, [])
+        memories, ptrs, offsets, max_offset = [], [], [], 1
+        if not is_init_cond:
+            memories, ptrs, offsets, max_offset = self._memory_bank(obj, frame, reverse)
+        inputs = [feats.embed, feats.pos, *(m.features for m in memories), *(m.pos for m in memories), *ptrs]
+        key = ([id(t) for t in inputs], [m.tpos for m in memories], offsets, max_offset)
+        kept = self._conditioned
+        if kept is not None and kept[0] == key:
+            return kept[2]
+        obj_ptrs = torch.stack(ptrs, dim=0) if ptrs else None
+        pix = model.condition_on_memory(feats.embed, feats.pos, memories, obj_ptrs, offsets, max_offset)
+        self._conditioned = (key, inputs, pix)  # the inputs held: no id is reused while kept
+        return pix
+
+    def _memory_bank(self, obj: ObjectTrack, frame: int, reverse: bool):
+        """``obj``'s memories, object pointers (each ``(1, C)``) with their frame offsets, and
+        the largest offset, for conditioning ``frame`` (the official policy)."""
+        model = self.model
         step = -1 if reverse else 1
         pos = self._memory_position()
         memories = [Memory(out.memory, pos, 0) for out in obj.cond.values()]
@@ -354,8 +376,7 @@ class VideoSession:
             if out is not None:
                 offsets.append(t_diff)
                 ptrs.append(out.obj_ptr)
-        obj_ptrs = torch.stack(ptrs, dim=0) if ptrs else None
-        return model.condition_on_memory(feats.embed, feats.pos, memories, obj_ptrs, offsets, max(max_ptrs - 1, 1))
+        return memories, ptrs, offsets, max(max_ptrs - 1, 1)
 
     def _postprocess(self, step: TrackStep) -> torch.Tensor:
         """Hole filling and sprinkle removal on the low-res logits (CPU, as configured)."""
