@@ -187,15 +187,16 @@ def test_mask_prompt_shifts_the_kept_projections(dtype):
     masks = enc(None, None, 3 * torch.randn(1, 1, 16, 24))[1]
     assert isinstance(masks, MaskEmbedding)
     offset = torch.randn(32)
-    full = dec.predict_all(embed, pe, sparse, masks.dense(), high_res, offset)  # nothing kept yet
-    no_mask = enc(None, None, None)[1]
-    for _ in range(2):  # keeps the no-mask side, then projects it
-        dec.predict_all(embed, pe, sparse, no_mask, high_res, offset)
-    shifted = dec.predict_all(embed, pe, sparse, masks, high_res, offset)
-    assert dec._image_of.peek((embed, pe, masks.no_mask, offset)).projected is not None
+    full = dec.predict_all(embed, pe, sparse, masks.dense(), high_res, offset)  # nothing kept
     tol = 1e-4 if dtype == torch.float32 else 0.1
-    torch.testing.assert_close(shifted.masks, full.masks, rtol=tol, atol=tol)
-    torch.testing.assert_close(shifted.iou, full.iou, rtol=tol, atol=tol)
+    for _ in range(3):  # keeps the no-mask side, then projects it, then reuses the projections
+        shifted = dec.predict_all(embed, pe, sparse, masks, high_res, offset)
+        torch.testing.assert_close(shifted.masks, full.masks, rtol=tol, atol=tol)
+        torch.testing.assert_close(shifted.iou, full.iou, rtol=tol, atol=tol)
+    assert dec._image_of.reused and dec._image_of._value.projected is not None
+    no_mask = enc(None, None, None)[1]  # a click without the mask: the same kept side
+    dec.predict_all(embed, pe, sparse, no_mask, high_res, offset)
+    assert dec._image_of.reused
 
 
 def test_mask_embedding_is_the_mask_downscaling():

@@ -174,16 +174,8 @@ class LastResult:
         self._key, self._inputs, self._value = None, None, None
         self.reused = False  # whether the last get() returned the kept result
 
-    @staticmethod
-    def _key_of(inputs: tuple[torch.Tensor, ...]) -> list:
-        return [(t.data_ptr(), t.shape, t.stride(), None if t.is_inference() else t._version) for t in inputs]
-
-    def peek(self, inputs: tuple[torch.Tensor, ...]):
-        """The kept result if it is of ``inputs``, else None (nothing is computed)."""
-        return self._value if self._key == self._key_of(inputs) else None
-
     def get(self, inputs: tuple[torch.Tensor, ...], compute):
-        key = self._key_of(inputs)
+        key = [(t.data_ptr(), t.shape, t.stride(), None if t.is_inference() else t._version) for t in inputs]
         self.reused = self._key == key
         if self.reused:
             return self._value

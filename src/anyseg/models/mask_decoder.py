@@ -276,41 +276,38 @@ class MaskDecoder(nn.Module):
         (:class:`LastResult`) for the next prompt on the same image; the first layer's
         projections, which cost more than that layer's folded attention, are added on that
         second prompt (a video frame is decoded once). A mask prompt (``dense`` a
-        :class:`MaskEmbedding`) on an image whose no-mask side is kept takes that side's
-        projections shifted by its embedding (:meth:`TwoWayAttentionBlock.shift_projections`)."""
+        :class:`MaskEmbedding`, of one prompt) keeps the image's no-mask side the same way and
+        takes its projections, once made, shifted by the mask's embedding
+        (:meth:`TwoWayAttentionBlock.shift_projections`)."""
         masks = dense if isinstance(dense, MaskEmbedding) else None
-        if masks is not None:
-            dense = masks.dense()
-        broadcast = _is_broadcast(dense)
-
-        def compute():  # in the (B, h w, C) token layout throughout (a view of channels-last maps)
-            dtype = self.image_dtype
-            src = image_embed.flatten(2).transpose(1, 2).to(dtype)
-            if offset is not None:
-                src = src + offset.to(dtype)
-            add = (dense[:1, :, :1, 0] if broadcast else dense.flatten(2)).transpose(1, 2).to(dtype)
-            keys = (src + add).contiguous()
-            key_pe = self._pe_of.get((image_pe,), lambda: image_pe.to(dtype).flatten(2).transpose(1, 2))
-            return ImageSide(keys, key_pe)
-
-        inputs = (image_embed, image_pe, dense if masks is None else masks.no_mask)
-        inputs += () if offset is None else (offset,)
+        if masks is not None and (torch.is_grad_enabled() or len(masks.features) > 1):
+            masks, dense = None, masks.dense()
+        if masks is None and not _is_broadcast(dense):
+            return self._tokens(image_embed, image_pe, dense, offset)
+        no_mask = dense if masks is None else masks.no_mask
+        inputs = (image_embed, image_pe, no_mask) + (() if offset is None else (offset,))
+        side = self._image_of.get(inputs, lambda: self._tokens(image_embed, image_pe, no_mask, offset))
         first = self.transformer.layers[0]
-        if masks is not None:
-            side = compute()
-            plain = None if torch.is_grad_enabled() else self._image_of.peek(inputs)
-            if plain is not None and len(plain.keys) == 1 and len(side.keys) == 1:
-                if plain.projected is None:
-                    plain.projected = first.project_image(plain.keys, plain.key_pe)
-                shift = masks.bias - masks.no_mask[0, :, 0, 0]  # the no-mask vector is in plain already
-                side.projected = first.shift_projections(plain.projected, masks.features, masks.weight, shift)
-            return side
-        if not broadcast:
-            return compute()
-        side = self._image_of.get(inputs, compute)
         if self._image_of.reused and side.projected is None and len(side.keys) == 1:
             side.projected = first.project_image(side.keys, side.key_pe)
-        return side
+        if masks is None:
+            return side
+        masked = self._tokens(image_embed, image_pe, masks.dense(), offset)
+        if side.projected is not None:
+            shift = masks.bias - masks.no_mask[0, :, 0, 0]  # the no-mask vector is in side already
+            masked.projected = first.shift_projections(side.projected, masks.features, masks.weight, shift)
+        return masked
+
+    def _tokens(self, image_embed, image_pe, dense, offset) -> ImageSide:
+        """The image tokens ``image_embed + offset + dense`` and ``image_pe``, in the decoder's
+        type and the ``(B, h w, C)`` token layout throughout (a view of channels-last maps)."""
+        dtype = self.image_dtype
+        src = image_embed.flatten(2).transpose(1, 2).to(dtype)
+        if offset is not None:
+            src = src + offset.to(dtype)
+        add = (dense[:1, :, :1, 0] if _is_broadcast(dense) else dense.flatten(2)).transpose(1, 2).to(dtype)
+        key_pe = self._pe_of.get((image_pe,), lambda: image_pe.to(dtype).flatten(2).transpose(1, 2))
+        return ImageSide((src + add).contiguous(), key_pe)
 
     def _skips(self, high_res_features: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """What each transposed convolution adds to its product: its bias, plus (SAM 2) the
