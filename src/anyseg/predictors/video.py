@@ -217,10 +217,12 @@ class VideoSession:
     def remove_object(self, obj_id: int) -> None:
         """Forget an object and everything tracked for it."""
         del self.objects[self._object(obj_id).obj_id]
+        self._conditioned = None  # it may hold the object's memories
 
     def reset(self) -> None:
         """Forget every object, prompt and tracking result (the video stays open)."""
         self.objects.clear()
+        self._conditioned = None
 
     def close(self) -> None:
         self.reset()
