@@ -164,8 +164,9 @@ class LastResult:
     (the same memory, shape, strides and version: references to them are held, so that
     memory is not reused, and an in-place change makes a new version; inference tensors
     have none, so an owner whose weights may be such clears its results when it loads new
-    ones). Several prompts on one image reuse the image-side work this way, and layers
-    their stacked weights. Nothing is kept while gradients are recorded."""
+    ones). Several prompts on one image reuse the image-side work this way, layers their
+    stacked weights, and a video session a frame's conditioning. Nothing is kept while
+    gradients are recorded."""
 
     def __init__(self) -> None:
         self.clear()
@@ -174,8 +175,11 @@ class LastResult:
         self._key, self._inputs, self._value = None, None, None
         self.reused = False  # whether the last get() returned the kept result
 
-    def get(self, inputs: tuple[torch.Tensor, ...], compute):
+    def get(self, inputs: tuple[torch.Tensor, ...], compute, extra=()):
+        """``compute()``, or the kept result if it is of the same ``inputs`` and the same
+        other arguments ``extra`` (compared by value)."""
         key = [(t.data_ptr(), t.shape, t.stride(), None if t.is_inference() else t._version) for t in inputs]
+        key.append(extra)
         self.reused = self._key == key
         if self.reused:
             return self._value

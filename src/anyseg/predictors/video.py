@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from anyseg.errors import InvalidInputError
 from anyseg.io.masks import small_components
 from anyseg.io.video import VideoSource, open_video
+from anyseg.models.common import LastResult
 from anyseg.models.features import ImageFeatures
 from anyseg.models.sam2_tracking import NO_OBJ_SCORE, Memory, TrackStep
 from anyseg.predictors.precision import autocast, check_precision, decoder_copy, encoding
@@ -137,7 +138,7 @@ class VideoSession:
         self.objects: OrderedDict[int, ObjectTrack] = OrderedDict()
         self._features: OrderedDict[int, ImageFeatures] = OrderedDict()
         self._memory_pos: torch.Tensor | None = None
-        self._conditioned: tuple | None = None  # the last conditioning: see _condition
+        self._conditioned = LastResult()  # the last conditioning: see _condition
         self._live_frames: Iterator | None = None  # a live source is pulled only as needed
         self._live_seen = -1
 
@@ -217,12 +218,12 @@ class VideoSession:
     def remove_object(self, obj_id: int) -> None:
         """Forget an object and everything tracked for it."""
         del self.objects[self._object(obj_id).obj_id]
-        self._conditioned = None  # it may hold the object's memories
+        self._conditioned.clear()  # it may hold the object's memories
 
     def reset(self) -> None:
         """Forget every object, prompt and tracking result (the video stays open)."""
         self.objects.clear()
-        self._conditioned = None
+        self._conditioned.clear()
 
     def close(self) -> None:
         self.reset()
@@ -330,24 +331,21 @@ class VideoSession:
     def _condition(self, obj: ObjectTrack, frame: int, feats: ImageFeatures, is_init_cond: bool, reverse: bool):
         """The frame's features conditioned on ``obj``'s memory bank (the official policy).
 
-        The last result is kept with its inputs (references to the very tensors) and given
-        again for the same ones: clicks on one frame see the same bank (a click's output
-        joins it only when tracking starts), so a refinement click on a tracked frame costs
-        a decode instead of a memory attention (over a second on a CPU), and the decoder
-        finds the same features again (see ``MaskDecoder._image_side``)."""
-        model = self.model
+        The last result is kept (:class:`LastResult`) and given again for the same inputs:
+        clicks on one frame see the same bank (a click's output joins it only when tracking
+        starts), so a refinement click on a tracked frame costs a decode instead of a memory
+        attention (over a second on a CPU), and the decoder finds the same features again
+        (see ``MaskDecoder._image_side``)."""
         memories, ptrs, offsets, max_offset = [], [], [], 1
         if not is_init_cond:
             memories, ptrs, offsets, max_offset = self._memory_bank(obj, frame, reverse)
-        inputs = [feats.embed, feats.pos, *(m.features for m in memories), *(m.pos for m in memories), *ptrs]
-        key = ([id(t) for t in inputs], [m.tpos for m in memories], offsets, max_offset)
-        kept = self._conditioned
-        if kept is not None and kept[0] == key:
-            return kept[2]
-        obj_ptrs = torch.stack(ptrs, dim=0) if ptrs else None
-        pix = model.condition_on_memory(feats.embed, feats.pos, memories, obj_ptrs, offsets, max_offset)
-        self._conditioned = (key, inputs, pix)  # the inputs held: no id is reused while kept
-        return pix
+        inputs = (feats.embed, feats.pos, *(m.features for m in memories), *(m.pos for m in memories), *ptrs)
+
+        def compute():
+            obj_ptrs = torch.stack(ptrs, dim=0) if ptrs else None
+            return self.model.condition_on_memory(feats.embed, feats.pos, memories, obj_ptrs, offsets, max_offset)
+
+        return self._conditioned.get(inputs, compute, ([m.tpos for m in memories], offsets, max_offset))
 
     def _memory_bank(self, obj: ObjectTrack, frame: int, reverse: bool):
         """``obj``'s memories, object pointers (each ``(1, C)``) with their frame offsets, and
