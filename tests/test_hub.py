@@ -317,6 +317,19 @@ def test_checkpoint_for(tmp_path, refused_url):
         hub.checkpoint_for("sam-vit-b", None, download=False)
 
 
+@pytest.mark.parametrize(("device", "message"), [
+    ("gpu7", "unknown device 'gpu7'"),
+    pytest.param("cuda", "sees no CUDA GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
+])
+def test_load_model_on_a_device_it_cannot_reach(device, message):
+    """An unusable device is a clear error, before any weights are looked for (sam-vit-b is
+    not downloaded here: that would be a WeightsUnavailableError)."""
+    from anyseg.loading import load_model
+
+    with pytest.raises(InvalidInputError, match=message):
+        load_model("sam-vit-b", device=device, download=False)
+
+
 # --- load_state_dict ----------------------------------------------------------------
 
 

@@ -41,6 +41,22 @@ def _mismatch(model, state_dict) -> str:
     return "; ".join(parts)
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``, if this torch can compute there; else
+    :class:`InvalidInputError` saying why."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidInputError(f"unknown device {device!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device {device}: this torch ({torch.__version__}) sees no CUDA GPU")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InvalidInputError(f"device {device}: there are {torch.cuda.device_count()} CUDA GPUs")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidInputError(f"device {device}: this torch sees no MPS (Apple GPU) device")
+    return device
+
+
 def load_model(
     name: str | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -54,8 +70,10 @@ def load_model(
     are taken from the cache, or downloaded and verified. ``checkpoint`` loads a local
     file instead; without ``name`` its architecture is recognised from its keys.
     Offline, or on a checksum mismatch, :class:`WeightsUnavailableError` says which
-    file to download and where to put it.
+    file to download and where to put it. An unknown ``device``, or one this torch cannot
+    reach, is an :class:`InvalidInputError` (:func:`check_device`).
     """
+    device = check_device(device)
     spec, path = hub.checkpoint_for(name, checkpoint, download=download)
     state_dict = hub.load_state_dict(path)
     if spec is not None:

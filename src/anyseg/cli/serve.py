@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from anyseg.errors import InvalidInputError
+    from anyseg.loading import check_device
     from anyseg.server import ServerSettings, create_app
 
     if args.max_upload_mb <= 0 or args.session_ttl <= 0 or args.max_sessions < 1:
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         model=args.model or (None if args.checkpoint else "sam2.1-tiny"),
         checkpoint=args.checkpoint,
-        device=args.device,
+        device=str(check_device(args.device)),
         download=not args.no_download,
         data_dir=args.data_dir,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
