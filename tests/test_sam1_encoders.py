@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anyseg.models.tiny_vit import TINY_VIT_5M, TinyViTConfig, TinyViTImageEncoder
+from anyseg.models.tiny_vit import TINY_VIT_5M, TinyViTConfig, TinyViTImageEncoder, offset_bias_index
 from anyseg.models.vit import (
     VIT_B,
     VIT_H,
@@ -127,6 +127,18 @@ def test_relative_position_table_indexes_offsets():
             assert torch.equal(got[i, j], table[i - j + 4])
     # A table learnt for another size is linearly resized first.
     assert relative_position_table(7, 7, table).shape == (7, 7, 3)
+
+
+@pytest.mark.parametrize("window", [1, 2, 7, 14])
+def test_offset_bias_index_is_the_official_numbering(window):
+    """TinyViT numbers each (|dy|, |dx|) offset class in order of first appearance, scanning
+    query then key tokens row-major; the learnt bias table is indexed by that number."""
+    points = [(y, x) for y in range(window) for x in range(window)]
+    classes: dict = {}
+    expected = [[classes.setdefault((abs(qy - ky), abs(qx - kx)), len(classes)) for ky, kx in points]
+                for qy, qx in points]
+    assert len(classes) == window**2
+    assert torch.equal(offset_bias_index(window), torch.tensor(expected))
 
 
 def test_rel_pos_attention_matches_explicit_softmax():

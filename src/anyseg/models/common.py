@@ -210,6 +210,7 @@ def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         and x.device.type == "cpu"
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")  # autocast's own linear is as fast in bf16
+        and not torch.compiler.is_compiling()  # torch's compiler lowers it for constant weights only
     )
 
 
@@ -239,7 +240,7 @@ def relu_mlp(x: torch.Tensor, first: nn.Linear, second: nn.Linear, packed: LastR
     values), fp32 353 -> 160 us (summed in another order)."""
     params = (first.weight, first.bias, second.weight, second.bias)
     if (_onednn_linear is None or _reorder_linear_weight is None or torch.is_grad_enabled()
-            or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16)
+            or torch.compiler.is_compiling() or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16)
             or any(p is None or p.dtype != x.dtype for p in params)):
         return second(F.relu(first(x)))
     weights = packed.get((first.weight, second.weight),
@@ -280,6 +281,7 @@ def int8_linears():
 
 
 def _int8_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :class:`Linear` computes ``x`` times ``weight`` in int8 (under :func:`int8_linears`)."""
     n, k = weight.shape
     return (
         INT8_AVAILABLE
@@ -289,6 +291,8 @@ def _int8_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dtype in (torch.float32, torch.bfloat16)
         and x.device.type == "cpu"
         and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and _int8.get()  # last: torch's compiler does not trace context variables
     )
 
 
@@ -342,7 +346,7 @@ class Linear(nn.Linear):
         return (*quantize_weight(self.weight), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _int8.get() and _int8_applies(x, self.weight):
+        if _int8_applies(x, self.weight):
             params = (self.weight,) if self.bias is None else (self.weight, self.bias)
             q_t, col_scale, bias = self._quantized_of.get(params, self._quantized)
             return int8_product(x, q_t, col_scale, bias)

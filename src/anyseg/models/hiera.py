@@ -197,14 +197,17 @@ class Hiera(nn.Module):
 
     def position_embedding(self, h: int, w: int) -> torch.Tensor:
         """Background embedding interpolated to ``(h, w)`` plus the tiled window embedding:
-        ``(1, h, w, C)``. Cached in inference, where the parameters do not change."""
+        ``(1, h, w, C)``. Cached in eager inference, where the parameters do not change (while
+        torch's compiler traces, it is made in the graph: a cache would be state that the
+        graph checks, and recompiled for once it is filled)."""
         key = (h, w, self.pos_embed.device, self.pos_embed.dtype)
-        if self.training or key not in self._pos_cache:
+        uncached = self.training or torch.compiler.is_compiling()
+        if uncached or key not in self._pos_cache:
             pos = F.interpolate(self.pos_embed, size=(h, w), mode="bicubic")
             win = self.pos_embed_window
             pos = pos + win.tile([1, 1, h // win.shape[-2], w // win.shape[-1]])
             pos = pos.permute(0, 2, 3, 1)
-            if self.training:
+            if uncached:
                 return pos
             self._pos_cache[key] = pos
         return self._pos_cache[key]

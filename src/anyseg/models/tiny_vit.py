@@ -24,8 +24,6 @@ checkpoint carries, so official checkpoints load strictly.
 
 from __future__ import annotations
 
-import functools
-import itertools
 from dataclasses import dataclass
 
 import torch
@@ -185,23 +183,18 @@ class ConvStage(nn.Module):
         return x if self.downsample is None else self.downsample(x)
 
 
-@functools.lru_cache(maxsize=None)
-def offset_bias_index(window: int) -> tuple[torch.Tensor, int]:
-    """For a ``window`` x ``window`` patch: ``(N, N)`` index of each token pair's
-    ``(|dy|, |dx|)`` offset class, and the number of classes.
+def offset_bias_index(window: int, device: torch.device | None = None) -> torch.Tensor:
+    """For a ``window`` x ``window`` patch, on ``device``: the ``(N, N)`` index (N =
+    window^2) of each token pair's ``(|dy|, |dx|)`` offset class, ``|dy| * window + |dx|``
+    (``window^2`` classes).
 
-    Classes are numbered in order of first appearance while scanning query tokens, then
-    key tokens, row-major (the official numbering, which the learnt table relies on).
-    Cached: treat the returned (CPU) tensor as read-only.
+    The official numbering counts the classes in order of first appearance while scanning
+    query tokens, then key tokens, row-major; the first query token, (0, 0), meets every
+    offset, in this order, so the two agree (the learnt table relies on it).
     """
-    points = list(itertools.product(range(window), range(window)))
-    classes: dict[tuple[int, int], int] = {}
-    index = []
-    for qy, qx in points:
-        for ky, kx in points:
-            index.append(classes.setdefault((abs(qy - ky), abs(qx - kx)), len(classes)))
-    n = len(points)
-    return torch.tensor(index, dtype=torch.long, device="cpu").view(n, n), len(classes)
+    r = torch.arange(window, device=device)
+    d = (r[:, None] - r[None, :]).abs()  # |a - b| for coordinates a, b
+    return (d[:, None, :, None] * window + d[None, :, None, :]).reshape(window**2, window**2)
 
 
 class BiasedAttention(nn.Module):
@@ -222,18 +215,21 @@ class BiasedAttention(nn.Module):
         self.qkv = Linear(dim, num_heads * (2 * key_dim + self.value_dim))
         self.proj = Linear(num_heads * self.value_dim, dim)
         self.window = window
-        n_classes = offset_bias_index(window)[1]
-        self.attention_biases = nn.Parameter(torch.zeros(num_heads, n_classes))
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, window**2))  # per offset class
         # The (N, N) class index is derived data, not state: kept off the module's buffers so
         # that building on the meta device / ``to_empty`` cannot leave it uninitialised.
         self._index_cache: dict[torch.device, torch.Tensor] = {}
 
     def bias_index(self, device: torch.device) -> torch.Tensor:
-        """``(N, N)`` offset-class index of the window's token pairs, on ``device``."""
+        """``(N, N)`` offset-class index of the window's token pairs (:func:`offset_bias_index`),
+        on ``device``; kept per device, except while torch's compiler traces (there it is a
+        constant of the graph, while a kept one would be state that the graph checks and is
+        recompiled for when it changes)."""
+        if torch.compiler.is_compiling():
+            return offset_bias_index(self.window, device)
         index = self._index_cache.get(device)
         if index is None:
-            index = offset_bias_index(self.window)[0].to(device)
-            self._index_cache[device] = index
+            index = self._index_cache[device] = offset_bias_index(self.window, device)
         return index
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
