@@ -13,6 +13,11 @@ config and loads ``weights`` (the official checkpoint format) strictly; then the
 set up and stepped the way :func:`anyseg.bench.prepare` does it on anyseg's side, over
 the same stdin/stdout line protocol (:func:`anyseg.bench.child_main`).
 
+On a GPU ``device`` the model is moved there and everything runs under autocast in the
+task's precision (none for fp32), as the official notebooks and ``sam2/benchmark.py`` do;
+``compiled`` builds SAM 2 with ``compile_image_encoder`` (SAM 1's encoder is compiled the
+same way here) and the video predictor in its ``vos_optimized`` mode.
+
 This file imports nothing from anyseg: it must run in a separate environment.
 """
 
@@ -23,6 +28,7 @@ import json
 import resource
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -44,10 +50,21 @@ SAM1_MODELS = {
 }
 
 
-def seconds(fn) -> float:
-    """Wall time of one call of ``fn``."""
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # on a GPU; fp32: none
+
+
+def on_gpu(task: dict) -> bool:
+    """Whether the task computes on a CUDA GPU."""
+    return torch.device(task["device"]).type == "cuda"
+
+
+def seconds(fn, task: dict) -> float:
+    """Wall time of one call of ``fn``; on a GPU until the work it queued there is done."""
+    sync = torch.cuda.synchronize if on_gpu(task) else (lambda: None)
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 
@@ -66,10 +83,15 @@ def build_image_model(task: dict):
     if is_sam2(task):
         from sam2.build_sam import build_sam2
 
-        return build_sam2(SAM2_CONFIGS[task["model"]], task["weights"], device="cpu")
+        extra = ["++model.compile_image_encoder=True"] if task["compiled"] else []
+        return build_sam2(SAM2_CONFIGS[task["model"]], task["weights"], device=task["device"],
+                          hydra_overrides_extra=extra)
     package, key = SAM1_MODELS[task["model"]]
     registry = __import__(package).sam_model_registry
-    return registry[key](checkpoint=task["weights"]).eval()
+    model = registry[key](checkpoint=task["weights"]).to(task["device"]).eval()
+    if task["compiled"]:  # in the mode of SAM 2's compile_image_encoder
+        model.image_encoder.forward = torch.compile(model.image_encoder.forward, mode="max-autotune", dynamic=False)
+    return model
 
 
 def image_predictor(model, task: dict):
@@ -102,10 +124,10 @@ def prepare(task: dict):
         for _ in range(task["warmup"] if measure_name == "encode" else 1):
             pred.set_image(image)
         if measure_name == "encode":
-            return lambda: seconds(lambda: pred.set_image(image)), dict
+            return lambda: seconds(lambda: pred.set_image(image), task), dict
         _, scores, logits = pred.predict(point_coords=clicks[0], point_labels=label, multimask_output=True)
         if measure_name == "memory":
-            return peak_rss_mib, dict
+            return (peak_gpu_mib if on_gpu(task) else peak_rss_mib), dict
         if measure_name == "refine":
             mask_input = logits[int(np.argmax(scores))][None]
             pairs = itertools.cycle(zip(clicks, clicks[1:] + clicks[:1]))
@@ -118,19 +140,23 @@ def prepare(task: dict):
             _, refined, _ = refine()
             for _ in range(task["warmup"]):
                 refine()
-            return lambda: 1000 * seconds(refine), lambda: {"scores": np.asarray(refined).tolist()}
+            return lambda: 1000 * seconds(refine, task), lambda: {"scores": np.asarray(refined).tolist()}
         for _ in range(task["warmup"]):
             pred.predict(point_coords=clicks[0], point_labels=label, multimask_output=True)
         cycle = itertools.cycle(clicks)
         return (lambda: 1000 * seconds(lambda: pred.predict(point_coords=next(cycle), point_labels=label,
-                                                           multimask_output=True)),
+                                                           multimask_output=True), task),
                 lambda: {"scores": np.asarray(scores).tolist()})
     if measure_name == "everything":
         image = load_image(task["everything_image"])
         generator = mask_generator(build_image_model(task), task)
         generator.predictor.set_image(image)  # warm-up, as on anyseg's side
         counts: list = []
-        return lambda: seconds(lambda: counts.append(len(generator.generate(image)))), lambda: {"masks": counts[-1]}
+
+        def step() -> float:
+            return seconds(lambda: counts.append(len(generator.generate(image))), task)
+
+        return step, lambda: {"masks": counts[-1]}
     if measure_name == "video":
         return prepare_video(task)
     raise ValueError(f"unknown measure {measure_name!r}")
@@ -141,7 +167,8 @@ def prepare_video(task: dict):
     started; each step tracks one more frame."""
     from sam2.build_sam import build_sam2_video_predictor
 
-    predictor = build_sam2_video_predictor(SAM2_CONFIGS[task["model"]], task["weights"], device="cpu")
+    predictor = build_sam2_video_predictor(SAM2_CONFIGS[task["model"]], task["weights"], device=task["device"],
+                                           vos_optimized=task["compiled"])
     state = predictor.init_state(task["frames_dir"])
     for prompt in task["prompts"][: task["objects"]]:
         predictor.add_new_points_or_box(
@@ -154,9 +181,7 @@ def prepare_video(task: dict):
     last = [next(frames)]  # the prompted frame, segmented already
 
     def step() -> float:
-        start = time.perf_counter()
-        last[0] = next(frames)
-        return time.perf_counter() - start
+        return seconds(lambda: last.__setitem__(0, next(frames)), task)
 
     return step, lambda: {"areas": [int((m > 0).sum()) for m in last[0][2]]}
 
@@ -164,6 +189,11 @@ def prepare_video(task: dict):
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far (Linux: ``ru_maxrss`` is KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_gpu_mib() -> float:
+    """Peak memory that torch has allocated on the current GPU so far."""
+    return torch.cuda.max_memory_allocated() / 2**20
 
 
 def reply(message: dict) -> None:
@@ -177,6 +207,13 @@ def main() -> None:
     task = json.loads(sys.argv[1])
     sys.path.insert(0, task["source"])
     torch.set_num_threads(task["threads"])
+    dtype = AUTOCAST.get(task["precision"]) if on_gpu(task) else None
+    with torch.autocast("cuda", dtype=dtype) if dtype else nullcontext():
+        serve(task)
+
+
+def serve(task: dict) -> None:
+    """Set ``task`` up and answer the harness until it ends the process."""
     step, check = prepare(task)
     reply({"ready": True})
     for line in sys.stdin:

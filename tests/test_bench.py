@@ -5,6 +5,7 @@ side), the report, and the CLI's argument checks."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import subprocess
@@ -92,6 +93,31 @@ def test_everything_measure(small_model, inputs, monkeypatch):
     assert step() > 0 and check()["masks"] >= 0
 
 
+def test_compiled_task_compiles_the_image_encoder(small_model, inputs, monkeypatch):
+    """``--compile``: the encoder's forward goes through torch.compile in the official
+    ``compile_image_encoder``'s mode (the compiled encoders themselves: test_compile.py)."""
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
+    monkeypatch.setattr(small_model.image_encoder, "forward", small_model.image_encoder.forward)  # restored after
+    step, _ = bench.prepare(task("encode", inputs, compiled=True), small_model)
+    assert step() > 0 and calls == [{"mode": "max-autotune", "dynamic": False}]
+
+
+def test_device_parity_of_a_model_with_itself(small_model, inputs):
+    """benchmarks/device_parity.py's comparisons, the model against itself: equal."""
+    spec = importlib.util.spec_from_file_location("device_parity", bench.REPO / "benchmarks" / "device_parity.py")
+    device_parity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(device_parity)
+    image, frames = inputs
+    outputs = [device_parity.image_outputs(small_model, bench.load_image(str(image)), "fp32") for _ in range(2)]
+    got = device_parity.image_agreement(*outputs)
+    assert got["max_low_res_logit_diff"] == 0 and got["min_mask_iou"] == 1 and got["prompts"] == 10
+    prompts = task("video", inputs).prompts
+    masks = [device_parity.video_masks(small_model, frames, 2, "fp32", prompts) for _ in range(2)]
+    assert device_parity.video_agreement(*masks) == {"frames": 3, "objects": 2, "min_mask_iou": 1.0,
+                                                     "mean_mask_iou": 1.0}
+
+
 def test_what_cannot_be_measured():
     assert "SAM 2 only" in bench.unavailable("mobile_sam_vit_t", "video")
     assert "not a preset" in bench.unavailable("sam9_huge", "encode")
@@ -168,12 +194,14 @@ def test_cli_argument_errors(capsys):
     assert "--official-python" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["--pause", "-1"], ["--repeat", "0"]])
-def test_bench_cli_rejects_bad_settings(argv, tmp_path, capsys):
-    from anyseg.cli import main
-
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--pause", "-1"], "must be"), (["--repeat", "0"], "must be"), (["--device", "gpu7"], "unknown device"),
+    pytest.param(["--device", "cuda"], "sees no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is here")),
+])
+def test_bench_cli_rejects_bad_settings(argv, message, tmp_path, capsys):
     assert main(["bench", "--measures", "click", "--out", str(tmp_path), *argv]) == 2
-    assert "must be" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 FAULTS = """

@@ -13,7 +13,7 @@ speed does not depend on the values):
   official defaults: a 32 x 32 grid, no crops);
 * ``video``: video tracking, frames per second with 1 and with 3 objects (SAM 2 only);
 * ``memory``: peak resident memory of a process that loads the model, embeds one image
-  and answers one click, MiB.
+  and answers one click, MiB (on a GPU: the peak that torch allocated there).
 
 Every measurement runs in its own process, so each peak resident memory is its own. With
 an official source tree and a python that has torch + torchvision, the same measurement
@@ -30,6 +30,12 @@ gets anyseg's malloc settings (:mod:`anyseg._process`). The
 ratio is the median over pairs of the official time over ours (for video: per frame
 step; for memory: the official peak over ours), so above 1 means anyseg is faster (or
 smaller).
+
+On a GPU (``--device cuda``) both sides compute there; each timed call lasts until the
+device has finished the work it queued, and the official side runs under autocast in
+anyseg's precision (fp32 for fp32), as its notebooks do. ``--compile`` compiles both image
+encoders (``torch.compile``, the official ``compile_image_encoder``'s mode) and runs the
+official video predictor in its ``vos_optimized`` mode (the tracker's parts compiled too).
 
 A measurement is described by a JSON *task* that both sides read (see :class:`Task`);
 ``python -m anyseg.bench TASK_JSON`` runs one on anyseg's side, speaking the line
@@ -107,10 +113,11 @@ def unavailable(model: str, measure: str) -> str | None:
     return None
 
 
-def machine() -> dict:
+def machine(device: str = "cpu") -> dict:
     """The CPU, core count, python and torch version, thread count, the huge-page setting of
-    torch's allocator (``THP_MEM_ALLOC_ENABLE``: anyseg sets it; both sides inherit it) and
-    the malloc settings in force (:mod:`anyseg._process`; both sides get them too)."""
+    torch's allocator (``THP_MEM_ALLOC_ENABLE``: anyseg sets it; both sides inherit it), the
+    malloc settings in force (:mod:`anyseg._process`; both sides get them too) and, for a
+    GPU ``device``, the GPU's name."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -121,14 +128,22 @@ def machine() -> dict:
                 break
     except OSError:
         pass
+    gpu = {"gpu": torch.cuda.get_device_name(device)} if torch.device(device).type == "cuda" else {}
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0"), "malloc": dict(_process.in_force)}
+            "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0"), "malloc": dict(_process.in_force)} | gpu
 
 
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far (Linux: ``ru_maxrss`` is KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_gpu_mib() -> float:
+    """Peak memory that torch has allocated on the current GPU so far."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20
 
 
 @dataclass
@@ -141,8 +156,12 @@ class Task:
     the first ``frames`` + 1 are tracked with the first ``objects`` of ``prompts``.
     ``warmup`` untimed calls precede the ``iters`` timed ones the harness asks for.
     ``source`` is the official source tree (the driver's side only). ``precision`` is
-    anyseg's (``fp32``, ``bf16`` or ``fp16``); the official side always computes in fp32,
-    its only CPU mode.
+    anyseg's (``fp32``, ``bf16``, ``fp16`` or, on the CPU, ``int8``); the official side
+    computes in fp32 on the CPU, its only CPU mode, and on a GPU under autocast in the same
+    type (fp32 for fp32), as its notebooks do. ``device``: where both sides compute (a torch
+    device). ``compiled``: the image encoder through ``torch.compile`` (mode
+    ``max-autotune``) on both sides, and on the official side the video predictor in its
+    ``vos_optimized`` mode, which compiles the tracker's parts too.
     """
 
     model: str
@@ -160,15 +179,23 @@ class Task:
     prompts: list = field(default_factory=lambda: [dict(p) for p in VIDEO_PROMPTS])
     source: str = ""
     precision: str = "fp32"
+    device: str = "cpu"
+    compiled: bool = False
 
 
 # ----------------------------------------------------------------------- measuring
 
 
-def seconds(fn: Callable[[], object]) -> float:
-    """Wall time of one call of ``fn``."""
+def seconds(fn: Callable[[], object], device: str = "cpu") -> float:
+    """Wall time of one call of ``fn``; on a GPU ``device``, from an idle device to the end
+    of the work that the call queued there."""
+    import torch
+
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 
@@ -203,15 +230,23 @@ Check = Callable[[], dict]
 
 def prepare(task: Task, net=None) -> tuple[Step, Check]:
     """Set ``task`` up on anyseg's side (``net``: an already built model, else loaded from
-    ``task.weights``), warm-up included. Returns ``(step, check)``: ``step()`` makes one
-    timed call and returns its sample (encode and everything: seconds; click:
-    milliseconds; video: seconds of one frame step; memory: the peak resident MiB after
-    one encode and one click); ``check()`` describes the outputs so far, to compare with
-    the official side's."""
+    ``task.weights``; moved to ``task.device``), warm-up included. Returns ``(step,
+    check)``: ``step()`` makes one timed call and returns its sample (encode and
+    everything: seconds; click: milliseconds; video: seconds of one frame step; memory: the
+    peak resident MiB after one encode and one click, on a GPU the peak MiB allocated
+    there); ``check()`` describes the outputs so far, to compare with the official side's."""
     from anyseg.predictors.image import ImagePredictor
 
-    if net is None:
-        net = load_model(task.model, task.weights)
+    net = (load_model(task.model, task.weights) if net is None else net).to(task.device)
+    if task.compiled:
+        import torch
+
+        encoder = net.image_encoder
+        encoder.forward = torch.compile(encoder.forward, mode="max-autotune", dynamic=False)
+
+    def timed(fn: Callable[[], object]) -> float:
+        return seconds(fn, task.device)
+
     if task.measure in ("encode", "click", "refine", "memory"):
         image = load_image(task.image)
         pred = ImagePredictor(net, precision=task.precision)
@@ -219,10 +254,10 @@ def prepare(task: Task, net=None) -> tuple[Step, Check]:
         for _ in range(task.warmup if task.measure == "encode" else 1):
             pred.set_image(image)
         if task.measure == "encode":
-            return lambda: seconds(lambda: pred.set_image(image)), dict
+            return lambda: timed(lambda: pred.set_image(image)), dict
         first = pred.predict(points=[clicks[0]], labels=[1], multimask=True)
         if task.measure == "memory":
-            return peak_rss_mib, dict
+            return (peak_gpu_mib if task.device.startswith("cuda") else peak_rss_mib), dict
         if task.measure == "refine":
             mask_input = first.logits[first.best][None]
             pairs = itertools.cycle(zip(clicks, clicks[1:] + clicks[:1]))
@@ -233,11 +268,11 @@ def prepare(task: Task, net=None) -> tuple[Step, Check]:
             refined = refine()
             for _ in range(task.warmup):
                 refine()
-            return lambda: 1000 * seconds(refine), lambda: {"scores": refined.scores.tolist()}
+            return lambda: 1000 * timed(refine), lambda: {"scores": refined.scores.tolist()}
         for _ in range(task.warmup):
             pred.predict(points=[clicks[0]], labels=[1], multimask=True)
         cycle = itertools.cycle(clicks)
-        return (lambda: 1000 * seconds(lambda: pred.predict(points=[next(cycle)], labels=[1], multimask=True)),
+        return (lambda: 1000 * timed(lambda: pred.predict(points=[next(cycle)], labels=[1], multimask=True)),
                 lambda: {"scores": first.scores.tolist()})
     if task.measure == "everything":
         from anyseg.predictors.everything import MaskGenerator
@@ -246,7 +281,7 @@ def prepare(task: Task, net=None) -> tuple[Step, Check]:
         generator = MaskGenerator(net, precision=task.precision)
         generator.predictor.set_image(image)  # warm-up: the encoder's first call is slower
         counts: list[int] = []
-        return lambda: seconds(lambda: counts.append(len(generator.generate(image)))), lambda: {"masks": counts[-1]}
+        return lambda: timed(lambda: counts.append(len(generator.generate(image)))), lambda: {"masks": counts[-1]}
     if task.measure == "video":
         from anyseg.predictors.video import VideoPredictor
 
@@ -258,9 +293,7 @@ def prepare(task: Task, net=None) -> tuple[Step, Check]:
         last = [next(frames)]  # the prompted frame, segmented already
 
         def step() -> float:
-            start = time.perf_counter()
-            last[0] = next(frames)
-            return time.perf_counter() - start
+            return timed(lambda: last.__setitem__(0, next(frames)))
 
         return step, lambda: {"areas": [int(m.sum()) for m in last[0].masks]}
     raise ValueError(f"unknown measure {task.measure!r}")
@@ -417,6 +450,8 @@ class Config:
     official_python: str = ""
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     pause: float = 0.1  # idle seconds before each timed call
+    device: str = "cpu"  # where both sides compute
+    compiled: bool = False  # see Task
 
 
 def _metrics(measures: list[str]) -> list[tuple[str, str, int]]:
@@ -471,7 +506,8 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
                     iters = 1
                 task = Task(model=model, measure=measure_name, weights=str(weights), threads=cfg.threads,
                             image=cfg.image, everything_image=cfg.everything_image, frames_dir=frames_dir,
-                            frames=cfg.frames, objects=objects, iters=iters, clicks=clicks, precision=precision)
+                            frames=cfg.frames, objects=objects, iters=iters, clicks=clicks, precision=precision,
+                            device=cfg.device, compiled=cfg.compiled)
                 sides = [OURS]
                 if official_tree_key(model) in official:
                     sides.append(official[official_tree_key(model)])
@@ -492,10 +528,11 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
                 row[side]["value"] = _value(row[side], row["unit"])
         if row["anyseg"] and row["official"]:
             row["check"] = compare_checks(row["anyseg"].get("check"), row["official"].get("check"))
-    return {"machine": machine() | {"torch_threads": cfg.threads},
+    return {"machine": machine(cfg.device) | {"torch_threads": cfg.threads},
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "settings": {"repeat": cfg.repeat, "threads": cfg.threads, "precisions": cfg.precisions,
                          "pause": cfg.pause, "placement": kernels.placement_env(cfg.threads),
+                         "device": cfg.device, "compiled": cfg.compiled,
                          "image": Path(cfg.image).name,
                          "everything_image": Path(cfg.everything_image).name,
                          "video": Path(cfg.video).name, "video_frames": cfg.frames,
@@ -582,14 +619,19 @@ def markdown(report: dict) -> str:
     if report["settings"].get("placement"):  # anyseg's own (kernels.bound_threads), the official side's by variables
         settings.append("threads placed one per CPU (official side: "
                         + " ".join(f"{k}={v}" for k, v in report["settings"]["placement"].items()) + ")")
+    on_gpu = "gpu" in m
+    official_precision = ("under autocast in anyseg's type, fp32 for fp32" if on_gpu else "in fp32")
+    compiled = "; image encoders compiled (torch.compile, max-autotune), the official video predictor " \
+               "in its vos_optimized mode" if report["settings"].get("compiled") else ""
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, {m['torch_threads']} threads"
+        (f"GPU: {m['gpu']} ({report['settings']['device']}); host: " if on_gpu else "Machine: ")
+        + f"{m['cpu']}, {m['cores']} cores; torch {m['torch']}, {m['torch_threads']} threads"
         + (f"; official side: torch {', '.join(sorted(official_torch))}" if official_torch else "")
         + (f"; {'both sides: ' if official_torch else ''}{', '.join(settings)}" if settings else "")
         + f". {report['date']}; {report['settings']['repeat']} repeats, calls alternating between the sides"
         + f" ({report['settings'].get('pause', 0)} s idle before each); "
         "medians. Ratio: the median over pairs of official time / anyseg time (memory: official / anyseg). "
-        "Precision: anyseg's (the official side computes in fp32).",
+        f"Precision: anyseg's (the official side computes {official_precision}){compiled}.",
         "",
         "| model | measure | precision | anyseg | official | ratio | peak RSS anyseg / official | check / note |",
         "|---|---|---|---|---|---|---|---|",

@@ -46,6 +46,12 @@ def register(sub) -> None:
                    help=f"comma-separated subset of {','.join(bench.MEASURES)} (default: all)")
     p.add_argument("--precisions", type=_names(["fp32", "bf16", "fp16", "int8"]), default=["fp32"], metavar="LIST",
                    help="anyseg's precisions to measure, e.g. fp32,bf16,int8 (default: fp32; the official side is fp32)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device both sides compute on, e.g. cuda (default: cpu); on a GPU the official "
+                        "side computes under autocast in anyseg's precision, as its notebooks do")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the image encoders (torch.compile, max-autotune) on both sides, and run the "
+                        "official video predictor in its vos_optimized mode")
     p.add_argument("--repeat", type=int, default=3, metavar="N",
                    help="interleaved repeats, each in fresh processes (default: 3)")
     p.add_argument("--iters", type=int, default=3, metavar="N", help="timed encodes per process (default: 3)")
@@ -80,6 +86,7 @@ def register(sub) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     from anyseg import bench
     from anyseg.errors import InvalidInputError
+    from anyseg.loading import check_device
 
     official = {key: path for key, path in (("sam2", args.official_sam2), ("sam1", args.official_sam1),
                                             ("mobilesam", args.official_mobilesam)) if path}
@@ -92,11 +99,14 @@ def run_bench(args: argparse.Namespace) -> int:
         raise InvalidInputError("--repeat, --iters, --clicks, --frames and --threads must be >= 1")
     if not 0 <= args.pause <= 60:
         raise InvalidInputError("--pause must be between 0 and 60 seconds")
+    device = check_device(args.device)
+    if device.type != "cpu" and "int8" in args.precisions:
+        raise InvalidInputError("int8 is a CPU mode (its int8 products run on the CPU); on a GPU use bf16 or fp16")
     cfg = bench.Config(models=args.models, measures=args.measures, repeat=args.repeat, iters=args.iters,
                        click_iters=args.clicks, frames=args.frames, threads=args.threads, image=args.image,
                        everything_image=args.everything_image, video=args.video, official=official,
                        official_python=args.official_python or "", precisions=args.precisions,
-                       pause=args.pause)
+                       pause=args.pause, device=str(device), compiled=args.compile)
     report = bench.run(cfg, log=lambda line: print(line, flush=True))
     paths = bench.write_report(report, args.out)
     print()
