@@ -319,7 +319,8 @@ def test_checkpoint_for(tmp_path, refused_url):
 
 @pytest.mark.parametrize(("device", "message"), [
     ("gpu7", "unknown device 'gpu7'"),
-    pytest.param("cuda", "sees no CUDA GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
+    pytest.param("cuda", "sees no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
 ])
 def test_load_model_on_a_device_it_cannot_reach(device, message):
     """An unusable device is a clear error, before any weights are looked for (sam-vit-b is
