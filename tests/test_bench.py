@@ -118,6 +118,14 @@ def test_device_parity_of_a_model_with_itself(small_model, inputs):
                                                      "mean_mask_iou": 1.0}
 
 
+def test_glibc_tunables_are_reported(monkeypatch):
+    """Both sides inherit the environment's glibc tunables; the report names them."""
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    report = {"machine": bench.machine(), "date": "today", "settings": {"repeat": 1}, "results": []}
+    assert report["machine"]["glibc_tunables"] == "glibc.malloc.hugetlb=1"
+    assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in bench.markdown(report)
+
+
 def test_what_cannot_be_measured():
     assert "SAM 2 only" in bench.unavailable("mobile_sam_vit_t", "video")
     assert "not a preset" in bench.unavailable("sam9_huge", "encode")

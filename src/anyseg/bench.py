@@ -116,8 +116,10 @@ def unavailable(model: str, measure: str) -> str | None:
 def machine(device: str = "cpu") -> dict:
     """The CPU, core count, python and torch version, thread count, the huge-page setting of
     torch's allocator (``THP_MEM_ALLOC_ENABLE``: anyseg sets it; both sides inherit it), the
-    malloc settings in force (:mod:`anyseg._process`; both sides get them too) and, for a
-    GPU ``device``, the GPU's name."""
+    malloc settings in force (:mod:`anyseg._process`; both sides get them too), glibc's
+    tunables where the environment sets them (``GLIBC_TUNABLES``, e.g.
+    ``glibc.malloc.hugetlb=1``: both sides inherit it) and, for a GPU ``device``, the GPU's
+    name."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -129,9 +131,10 @@ def machine(device: str = "cpu") -> dict:
     except OSError:
         pass
     gpu = {"gpu": torch.cuda.get_device_name(device)} if torch.device(device).type == "cuda" else {}
+    tunables = {"glibc_tunables": os.environ["GLIBC_TUNABLES"]} if os.environ.get("GLIBC_TUNABLES") else {}
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0"), "malloc": dict(_process.in_force)} | gpu
+            "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0"), "malloc": dict(_process.in_force)} | tunables | gpu
 
 
 def peak_rss_mib() -> float:
@@ -615,7 +618,8 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     official_torch = {r["official"]["torch"] for r in report["results"] if r["official"] and "torch" in r["official"]}
     settings = (["THP_MEM_ALLOC_ENABLE=1"] if m.get("thp_alloc") == "1" else []) + [
-        f"{name}={value}" for name, value in m.get("malloc", {}).items()]
+        f"{name}={value}" for name, value in m.get("malloc", {}).items()] + (
+        [f"GLIBC_TUNABLES={m['glibc_tunables']}"] if m.get("glibc_tunables") else [])
     if report["settings"].get("placement"):  # anyseg's own (kernels.bound_threads), the official side's by variables
         settings.append("threads placed one per CPU (official side: "
                         + " ".join(f"{k}={v}" for k, v in report["settings"]["placement"].items()) + ")")
