@@ -113,6 +113,7 @@ def measure(models: list[str], precisions: list[str], device: torch.device, imag
 
 
 def markdown(report: dict) -> str:
+    """The report as a Markdown table, the device and inputs named above it."""
     lines = [f"{report['device']} ({report['device_name']}) against the CPU in fp32, torch {report['torch']}, "
              f"{report['date']}; random weights; {report['image']}, {report['video']}.", "",
              "| model | precision | max logit diff | max IoU-pred diff | image mask IoU min / mean | "
