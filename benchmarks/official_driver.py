@@ -16,7 +16,8 @@ the same stdin/stdout line protocol (:func:`anyseg.bench.child_main`).
 On a GPU ``device`` the model is moved there and everything runs under autocast in the
 task's precision (none for fp32), as the official notebooks and ``sam2/benchmark.py`` do;
 ``compiled`` builds SAM 2 with ``compile_image_encoder`` (SAM 1's encoder is compiled the
-same way here) and the video predictor in its ``vos_optimized`` mode.
+same way here) and the video predictor in its ``vos_optimized`` mode (anyseg's side
+compiles the same parts: ``anyseg.bench.compile_parts``).
 
 This file imports nothing from anyseg: it must run in a separate environment.
 """

@@ -93,14 +93,22 @@ def test_everything_measure(small_model, inputs, monkeypatch):
     assert step() > 0 and check()["masks"] >= 0
 
 
-def test_compiled_task_compiles_the_image_encoder(small_model, inputs, monkeypatch):
-    """``--compile``: the encoder's forward goes through torch.compile in the official
-    ``compile_image_encoder``'s mode (the compiled encoders themselves: test_compile.py)."""
+def test_compiled_task_compiles_what_the_official_code_compiles(small_model, inputs, monkeypatch):
+    """``--compile``: the parts' forwards go through torch.compile in the official modes, the
+    image encoder's (``compile_image_encoder``), for video the tracker's parts too
+    (``vos_optimized``). The compiled parts themselves: test_compile.py."""
     calls = []
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
-    monkeypatch.setattr(small_model.image_encoder, "forward", small_model.image_encoder.forward)  # restored after
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append((type(fn.__self__).__name__, kw)) or fn)
+    parts = ("image_encoder", "memory_encoder", "memory_attention", "sam_prompt_encoder", "sam_mask_decoder")
+    for name in parts:  # restored after the test
+        monkeypatch.setattr(getattr(small_model, name), "forward", getattr(small_model, name).forward)
     step, _ = bench.prepare(task("encode", inputs, compiled=True), small_model)
-    assert step() > 0 and calls == [{"mode": "max-autotune", "dynamic": False}]
+    assert step() > 0 and calls == [("Sam2ImageEncoder", {"mode": "max-autotune", "dynamic": False})]
+    calls.clear()
+    step, _ = bench.prepare(task("video", inputs, compiled=True), small_model)
+    assert step() > 0 and [(name, kw["dynamic"]) for name, kw in calls] == [
+        ("Sam2ImageEncoder", False), ("MemoryEncoder", False), ("MemoryAttention", True), ("PromptEncoder", False),
+        ("MaskDecoder", False)]
 
 
 def test_device_parity_of_a_model_with_itself(small_model, inputs):

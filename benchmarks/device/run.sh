@@ -6,8 +6,8 @@
 #              fixtures prove equal to the official outputs (benchmarks/device_parity.py)
 #     bench    side by side with the official predictors on the GPU, fp32 and bf16: encode, click
 #              and video (1 and 3 objects) for SAM 2.1-tiny, encode and click for MobileSAM
-#     compile  encode and video for SAM 2.1-tiny in bf16 with the image encoders compiled and
-#              the official video predictor in its vos_optimized mode (compiling takes minutes;
+#     compile  encode and video for SAM 2.1-tiny in bf16, compiled on both sides as the official
+#              code compiles (its vos_optimized mode for video; compiling takes minutes;
 #              torch keeps what it compiled on disk, so later processes take less)
 # Results go to $OUT (which the device tool brings back), else ./device-out: run.log,
 # device_parity.{json,md}, bench/bench.{json,md}, compile/bench.{json,md}.

@@ -35,7 +35,8 @@ On a GPU (``--device cuda``) both sides compute there; each timed call lasts unt
 device has finished the work it queued, and the official side runs under autocast in
 anyseg's precision (fp32 for fp32), as its notebooks do. ``--compile`` compiles both image
 encoders (``torch.compile``, the official ``compile_image_encoder``'s mode) and runs the
-official video predictor in its ``vos_optimized`` mode (the tracker's parts compiled too).
+official video predictor in its ``vos_optimized`` mode, with the same parts of anyseg's
+tracker compiled (:func:`compile_parts`).
 
 A measurement is described by a JSON *task* that both sides read (see :class:`Task`);
 ``python -m anyseg.bench TASK_JSON`` runs one on anyseg's side, speaking the line
@@ -162,9 +163,9 @@ class Task:
     anyseg's (``fp32``, ``bf16``, ``fp16`` or, on the CPU, ``int8``); the official side
     computes in fp32 on the CPU, its only CPU mode, and on a GPU under autocast in the same
     type (fp32 for fp32), as its notebooks do. ``device``: where both sides compute (a torch
-    device). ``compiled``: the image encoder through ``torch.compile`` (mode
-    ``max-autotune``) on both sides, and on the official side the video predictor in its
-    ``vos_optimized`` mode, which compiles the tracker's parts too.
+    device). ``compiled``: on both sides, the parts that the official code compiles
+    through ``torch.compile`` (:func:`compile_parts`; the official side's video predictor in
+    its ``vos_optimized`` mode).
     """
 
     model: str
@@ -227,6 +228,21 @@ def load_model(model: str, weights: str):
     return net.eval().requires_grad_(False)
 
 
+def compile_parts(net, measure: str) -> None:
+    """``torch.compile`` the parts of ``net`` that the official code compiles for
+    ``measure``, in its modes: the image encoder (SAM 2's ``compile_image_encoder``); for
+    video also the tracker's memory encoder, memory attention (shapes dynamic: the number
+    of memories varies), prompt encoder and mask decoder (its ``vos_optimized`` mode)."""
+    import torch
+
+    names = ["image_encoder"]
+    if measure == "video":
+        names += ["memory_encoder", "memory_attention", "sam_prompt_encoder", "sam_mask_decoder"]
+    for name in names:
+        part = getattr(net, name)
+        part.forward = torch.compile(part.forward, mode="max-autotune", dynamic=name == "memory_attention")
+
+
 Step = Callable[[], float]
 Check = Callable[[], dict]
 
@@ -242,10 +258,7 @@ def prepare(task: Task, net=None) -> tuple[Step, Check]:
 
     net = (load_model(task.model, task.weights) if net is None else net).to(task.device)
     if task.compiled:
-        import torch
-
-        encoder = net.image_encoder
-        encoder.forward = torch.compile(encoder.forward, mode="max-autotune", dynamic=False)
+        compile_parts(net, task.measure)
 
     def timed(fn: Callable[[], object]) -> float:
         return seconds(fn, task.device)
@@ -625,8 +638,8 @@ def markdown(report: dict) -> str:
                         + " ".join(f"{k}={v}" for k, v in report["settings"]["placement"].items()) + ")")
     on_gpu = "gpu" in m
     official_precision = ("under autocast in anyseg's type, fp32 for fp32" if on_gpu else "in fp32")
-    compiled = "; image encoders compiled (torch.compile, max-autotune), the official video predictor " \
-               "in its vos_optimized mode" if report["settings"].get("compiled") else ""
+    compiled = "; compiled (torch.compile, max-autotune) as the official code compiles: the image encoders, and " \
+               "for video the official vos_optimized mode's parts on both sides" if report["settings"].get("compiled") else ""
     lines = [
         (f"GPU: {m['gpu']} ({report['settings']['device']}); host: " if on_gpu else "Machine: ")
         + f"{m['cpu']}, {m['cores']} cores; torch {m['torch']}, {m['torch_threads']} threads"

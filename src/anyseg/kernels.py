@@ -155,8 +155,10 @@ def placement_env(threads: int) -> dict[str, str]:
 
 def loops_apply(*tensors: torch.Tensor) -> bool:
     """Whether the bf16 loops here stand in for torch's operations on ``tensors``: all bf16
-    on the CPU, with no gradients recorded (callers keep torch's form otherwise)."""
-    return not torch.is_grad_enabled() and all(t.device.type == "cpu" and t.dtype == torch.bfloat16 for t in tensors)
+    on the CPU, with no gradients recorded and not while torch's compiler traces (callers
+    keep torch's form otherwise)."""
+    return (not torch.is_grad_enabled() and all(t.device.type == "cpu" and t.dtype == torch.bfloat16 for t in tensors)
+            and not torch.compiler.is_compiling())
 
 
 def _array(t: torch.Tensor) -> np.ndarray:

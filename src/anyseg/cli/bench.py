@@ -50,8 +50,8 @@ def register(sub) -> None:
                    help="torch device both sides compute on, e.g. cuda (default: cpu); on a GPU the official "
                         "side computes under autocast in anyseg's precision, as its notebooks do")
     p.add_argument("--compile", action="store_true",
-                   help="compile the image encoders (torch.compile, max-autotune) on both sides, and run the "
-                        "official video predictor in its vos_optimized mode")
+                   help="compile what the official code compiles (torch.compile, max-autotune) on both sides: the "
+                        "image encoders, and for video the parts of the official vos_optimized mode")
     p.add_argument("--repeat", type=int, default=3, metavar="N",
                    help="interleaved repeats, each in fresh processes (default: 3)")
     p.add_argument("--iters", type=int, default=3, metavar="N", help="timed encodes per process (default: 3)")

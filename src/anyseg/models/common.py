@@ -166,7 +166,8 @@ class LastResult:
     have none, so an owner whose weights may be such clears its results when it loads new
     ones). Several prompts on one image reuse the image-side work this way, layers their
     stacked weights, and a video session a frame's conditioning. Nothing is kept while
-    gradients are recorded."""
+    gradients are recorded, nor while torch's compiler traces (the result is then computed
+    in the graph: kept, it would be state that the graph checks)."""
 
     def __init__(self) -> None:
         self.clear()
@@ -178,6 +179,8 @@ class LastResult:
     def get(self, inputs: tuple[torch.Tensor, ...], compute, extra=()):
         """``compute()``, or the kept result if it is of the same ``inputs`` and the same
         other arguments ``extra`` (compared by value)."""
+        if torch.compiler.is_compiling():
+            return compute()
         key = [(t.data_ptr(), t.shape, t.stride(), None if t.is_inference() else t._version) for t in inputs]
         key.append(extra)
         self.reused = self._key == key

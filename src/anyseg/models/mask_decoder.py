@@ -194,7 +194,7 @@ class MaskDecoder(nn.Module):
             masks = mask_product(up, hyper_in, h, w, gelu=True)  # fp32, in raster order
         else:  # without gradients the GELU runs in place: no new 8 MB buffer
             up = self.output_upscaling[4](up) if torch.is_grad_enabled() else torch.ops.aten.gelu_(up)
-            if up.device.type == "cpu" and not torch.is_grad_enabled():
+            if up.device.type == "cpu" and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
                 masks = mask_product(up, hyper_in, h, w)
             else:
                 masks = _from_blocks(up @ hyper_in.transpose(1, 2).to(up.dtype), h, w, levels=2)

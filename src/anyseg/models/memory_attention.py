@@ -25,7 +25,12 @@ class RoPEAttention(Attention):
         self._freqs: dict[tuple, torch.Tensor] = {}
 
     def freqs(self, n: int, device) -> torch.Tensor:
+        """:func:`~anyseg.models.position.axial_rope` of a square grid of ``n`` tokens, on
+        ``device``: kept per size and device, except while torch's compiler traces (made in
+        the graph there)."""
         side = int(round(n**0.5))
+        if torch.compiler.is_compiling():
+            return axial_rope(self.internal_dim // self.num_heads, side, side, self.theta).to(device)
         key = (side, str(device))
         if key not in self._freqs:
             self._freqs[key] = axial_rope(self.internal_dim // self.num_heads, side, side, self.theta).to(device)
