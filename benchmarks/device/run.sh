@@ -19,6 +19,8 @@ device=${DEVICE:-cuda}
 python=${PYTHON:-python3}
 official=${OFFICIAL_PYTHON:-python3}
 samples=.device/samples
+[ -d .device/wheels ] && [ -d .device/official ] && [ -d $samples ] ||
+    { echo ".device/ is missing or incomplete: run benchmarks/device/prepare.sh first (and carry .device)" >&2; exit 2; }
 mkdir -p "$out"
 exec > >(tee "$out/run.log") 2>&1
 # what the machine's python lacks, from the carried wheels (it reaches no package index)
