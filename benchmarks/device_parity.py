@@ -27,13 +27,9 @@ import torch
 
 from anyseg import bench
 from anyseg.loading import check_device
+from anyseg.metrics.clicks import mask_iou
 from anyseg.predictors.image import ImagePredictor
 from anyseg.predictors.video import VideoPredictor
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def image_prompts(image_hw: tuple[int, int]) -> list[dict]:

@@ -159,6 +159,17 @@ class LayerNorm2d(nn.Module):
         return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
+def kept(cache: dict, key, make):
+    """``cache[key]``, made by ``make()`` the first time. While torch's compiler traces it is
+    made afresh, in the graph, and not kept: a kept one would be state that the graph checks
+    and is recompiled for once it is filled."""
+    if torch.compiler.is_compiling():
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
 class LastResult:
     """The result of a function of some tensors, kept for the next call on the same tensors
     (the same memory, shape, strides and version: references to them are held, so that
@@ -180,6 +191,7 @@ class LastResult:
         """``compute()``, or the kept result if it is of the same ``inputs`` and the same
         other arguments ``extra`` (compared by value)."""
         if torch.compiler.is_compiling():
+            self.reused = False
             return compute()
         key = [(t.data_ptr(), t.shape, t.stride(), None if t.is_inference() else t._version) for t in inputs]
         key.append(extra)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyseg.models.common import MLP, Linear, attention
+from anyseg.models.common import MLP, Linear, attention, kept
 
 
 @dataclass(frozen=True)
@@ -197,20 +197,17 @@ class Hiera(nn.Module):
 
     def position_embedding(self, h: int, w: int) -> torch.Tensor:
         """Background embedding interpolated to ``(h, w)`` plus the tiled window embedding:
-        ``(1, h, w, C)``. Cached in eager inference, where the parameters do not change (while
-        torch's compiler traces, it is made in the graph: a cache would be state that the
-        graph checks, and recompiled for once it is filled)."""
-        key = (h, w, self.pos_embed.device, self.pos_embed.dtype)
-        uncached = self.training or torch.compiler.is_compiling()
-        if uncached or key not in self._pos_cache:
+        ``(1, h, w, C)``. Kept (:func:`~anyseg.models.common.kept`) in inference, where the
+        parameters do not change."""
+
+        def make() -> torch.Tensor:
             pos = F.interpolate(self.pos_embed, size=(h, w), mode="bicubic")
             win = self.pos_embed_window
-            pos = pos + win.tile([1, 1, h // win.shape[-2], w // win.shape[-1]])
-            pos = pos.permute(0, 2, 3, 1)
-            if uncached:
-                return pos
-            self._pos_cache[key] = pos
-        return self._pos_cache[key]
+            return (pos + win.tile([1, 1, h // win.shape[-2], w // win.shape[-1]])).permute(0, 2, 3, 1)
+
+        if self.training:
+            return make()
+        return kept(self._pos_cache, (h, w, self.pos_embed.device, self.pos_embed.dtype), make)
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._pos_cache.clear()

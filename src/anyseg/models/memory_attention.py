@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyseg.models.common import Attention, Linear, attention, in_blocks
+from anyseg.models.common import Attention, Linear, attention, in_blocks, kept
 from anyseg.models.position import apply_rope, axial_rope
 
 
@@ -26,15 +26,10 @@ class RoPEAttention(Attention):
 
     def freqs(self, n: int, device) -> torch.Tensor:
         """:func:`~anyseg.models.position.axial_rope` of a square grid of ``n`` tokens, on
-        ``device``: kept per size and device, except while torch's compiler traces (made in
-        the graph there)."""
+        ``device``, kept per size and device (:func:`~anyseg.models.common.kept`)."""
         side = int(round(n**0.5))
-        if torch.compiler.is_compiling():
-            return axial_rope(self.internal_dim // self.num_heads, side, side, self.theta).to(device)
-        key = (side, str(device))
-        if key not in self._freqs:
-            self._freqs[key] = axial_rope(self.internal_dim // self.num_heads, side, side, self.theta).to(device)
-        return self._freqs[key]
+        return kept(self._freqs, (side, str(device)),
+                    lambda: axial_rope(self.internal_dim // self.num_heads, side, side, self.theta).to(device))
 
     def forward(self, q, k, v, num_k_exclude_rope: int = 0) -> torch.Tensor:
         """``q`` ``(B, Nq, dim)``, ``k`` ``(B, Nk, kv_in_dim)``, ``v`` ``(B, Nk, kv_in_dim)``:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, Linear, attention
+from .common import LayerNorm2d, Linear, attention, kept
 from .vit import window_partition, window_unpartition
 
 __all__ = ["TinyViTConfig", "TINY_VIT_5M", "TinyViTImageEncoder"]
@@ -222,15 +222,8 @@ class BiasedAttention(nn.Module):
 
     def bias_index(self, device: torch.device) -> torch.Tensor:
         """``(N, N)`` offset-class index of the window's token pairs (:func:`offset_bias_index`),
-        on ``device``; kept per device, except while torch's compiler traces (there it is a
-        constant of the graph, while a kept one would be state that the graph checks and is
-        recompiled for when it changes)."""
-        if torch.compiler.is_compiling():
-            return offset_bias_index(self.window, device)
-        index = self._index_cache.get(device)
-        if index is None:
-            index = self._index_cache[device] = offset_bias_index(self.window, device)
-        return index
+        on ``device``, kept per device (:func:`~anyseg.models.common.kept`)."""
+        return kept(self._index_cache, device, lambda: offset_bias_index(self.window, device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
