@@ -61,7 +61,7 @@ def on_gpu(task: dict) -> bool:
 
 def seconds(fn, task: dict) -> float:
     """Wall time of one call of ``fn``; on a GPU until the work it queued there is done."""
-    sync = torch.cuda.synchronize if on_gpu(task) else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(task["device"])) if on_gpu(task) else (lambda: None)
     sync()
     start = time.perf_counter()
     fn()
@@ -128,7 +128,7 @@ def prepare(task: dict):
             return lambda: seconds(lambda: pred.set_image(image), task), dict
         _, scores, logits = pred.predict(point_coords=clicks[0], point_labels=label, multimask_output=True)
         if measure_name == "memory":
-            return (peak_gpu_mib if on_gpu(task) else peak_rss_mib), dict
+            return (lambda: peak_gpu_mib(task)) if on_gpu(task) else peak_rss_mib, dict
         if measure_name == "refine":
             mask_input = logits[int(np.argmax(scores))][None]
             pairs = itertools.cycle(zip(clicks, clicks[1:] + clicks[:1]))
@@ -192,9 +192,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def peak_gpu_mib() -> float:
-    """Peak memory that torch has allocated on the current GPU so far."""
-    return torch.cuda.max_memory_allocated() / 2**20
+def peak_gpu_mib(task: dict) -> float:
+    """Peak memory that torch has allocated on the task's GPU so far."""
+    return torch.cuda.max_memory_allocated(task["device"]) / 2**20
 
 
 def reply(message: dict) -> None:

@@ -131,7 +131,7 @@ def machine(device: str = "cpu") -> dict:
                 break
     except OSError:
         pass
-    gpu = {"gpu": torch.cuda.get_device_name(device)} if torch.device(device).type == "cuda" else {}
+    gpu = {"gpu": torch.cuda.get_device_name(device)} if on_gpu(device) else {}
     tunables = {"glibc_tunables": os.environ["GLIBC_TUNABLES"]} if os.environ.get("GLIBC_TUNABLES") else {}
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
@@ -143,11 +143,18 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def peak_gpu_mib() -> float:
-    """Peak memory that torch has allocated on the current GPU so far."""
+def on_gpu(device: str) -> bool:
+    """Whether the torch device ``device`` is a CUDA GPU."""
     import torch
 
-    return torch.cuda.max_memory_allocated() / 2**20
+    return torch.device(device).type == "cuda"
+
+
+def peak_gpu_mib(device: str) -> float:
+    """Peak memory that torch has allocated on the GPU ``device`` so far."""
+    import torch
+
+    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 @dataclass
@@ -195,7 +202,7 @@ def seconds(fn: Callable[[], object], device: str = "cpu") -> float:
     of the work that the call queued there."""
     import torch
 
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if on_gpu(device) else (lambda: None)
     sync()
     start = time.perf_counter()
     fn()
@@ -273,7 +280,7 @@ def prepare(task: Task, net=None) -> tuple[Step, Check]:
             return lambda: timed(lambda: pred.set_image(image)), dict
         first = pred.predict(points=[clicks[0]], labels=[1], multimask=True)
         if task.measure == "memory":
-            return (peak_gpu_mib if task.device.startswith("cuda") else peak_rss_mib), dict
+            return (lambda: peak_gpu_mib(task.device)) if on_gpu(task.device) else peak_rss_mib, dict
         if task.measure == "refine":
             mask_input = first.logits[first.best][None]
             pairs = itertools.cycle(zip(clicks, clicks[1:] + clicks[:1]))
@@ -636,12 +643,12 @@ def markdown(report: dict) -> str:
     if report["settings"].get("placement"):  # anyseg's own (kernels.bound_threads), the official side's by variables
         settings.append("threads placed one per CPU (official side: "
                         + " ".join(f"{k}={v}" for k, v in report["settings"]["placement"].items()) + ")")
-    on_gpu = "gpu" in m
-    official_precision = ("under autocast in anyseg's type, fp32 for fp32" if on_gpu else "in fp32")
+    gpu_run = "gpu" in m
+    official_precision = ("under autocast in anyseg's type, fp32 for fp32" if gpu_run else "in fp32")
     compiled = "; compiled (torch.compile, max-autotune) as the official code compiles: the image encoders, and " \
                "for video the official vos_optimized mode's parts on both sides" if report["settings"].get("compiled") else ""
     lines = [
-        (f"GPU: {m['gpu']} ({report['settings']['device']}); host: " if on_gpu else "Machine: ")
+        (f"GPU: {m['gpu']} ({report['settings']['device']}); host: " if gpu_run else "Machine: ")
         + f"{m['cpu']}, {m['cores']} cores; torch {m['torch']}, {m['torch_threads']} threads"
         + (f"; official side: torch {', '.join(sorted(official_torch))}" if official_torch else "")
         + (f"; {'both sides: ' if official_torch else ''}{', '.join(settings)}" if settings else "")
