@@ -131,6 +131,9 @@ class DiscModel(torch.nn.Module):
     def encode_image(self, images):
         return ImageFeatures(images[:, :1, ::4, ::4])
 
+    def keep_image(self, features, decoder=None):
+        pass
+
     def predict_masks(self, features, coords=None, labels=None, boxes=None, mask_input=None, multimask=True,
                       decoder=None):
         if mask_input is not None:

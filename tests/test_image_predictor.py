@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from anyseg import AnysegError, ImagePredictor, InvalidInputError
+from anyseg.models.sam import build_sam
 from anyseg.models.sam2 import build_sam2
 
 H, W = 240, 320
@@ -144,3 +145,22 @@ def test_reduced_precision_is_opt_in(model, image, pred):
     assert pred.features().embed.dtype == torch.float32
     with pytest.raises(InvalidInputError, match="precision must be one of"):
         ImagePredictor(model, precision="int4")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("family", ["sam2", "sam"])
+def test_first_prompt_gives_what_later_ones_give(model, image, family, precision):
+    """Setting an image does the decoding work that depends on the image alone
+    (``keep_image``), so the first prompt on it takes the path of the later ones: the same
+    prompt gives the same masks first, and again after other prompts."""
+    if family == "sam":
+        torch.manual_seed(0)
+        model = build_sam("mobile_sam_vit_t").eval().requires_grad_(False)
+    p = ImagePredictor(model, precision=precision)
+    p.set_image(image)
+    first = p.predict(points=[[100, 120]], labels=[1])
+    p.predict(box=[10, 10, 100, 100])
+    p.predict(points=[[30, 40]], labels=[1], mask_input=first.logits[first.best][None])
+    again = p.predict(points=[[100, 120]], labels=[1])
+    np.testing.assert_array_equal(first.logits, again.logits)
+    np.testing.assert_array_equal(first.masks, again.masks)

@@ -270,7 +270,17 @@ class MaskDecoder(nn.Module):
                 x = mlps[0].act(x)
         return x.transpose(0, 1)
 
-    def _image_side(self, image_embed, image_pe, dense, offset) -> ImageSide:
+    def keep_image(self, image_embed, image_pe, no_mask, high_res_features=None, image_offset=None) -> None:
+        """Make now, and keep for the prompts that follow, what decoding a prompt computes
+        from the image alone (arguments as :meth:`predict_all`'s, ``no_mask`` the dense
+        embedding without a mask): its tokens, the first layer's projections of them and
+        SAM 2's skip features. The image predictor calls this when an image is set: its
+        first prompt is then as fast as the next ones, and every prompt takes the same path
+        (the same prompt gives the same masks, whichever comes first)."""
+        self._image_side(image_embed, image_pe, no_mask, image_offset, project=True)
+        self._skips(high_res_features)
+
+    def _image_side(self, image_embed, image_pe, dense, offset, project: bool = False) -> ImageSide:
         """The image tokens (``image_embed + offset + dense``) and their position encoding.
         With no mask prompt they depend on the image only, so the last result is kept
         (:class:`LastResult`) for the next prompt on the same image; the first layer's
@@ -278,7 +288,8 @@ class MaskDecoder(nn.Module):
         second prompt (a video frame is decoded once). A mask prompt (``dense`` a
         :class:`MaskEmbedding`, of one prompt) keeps the image's no-mask side the same way and
         takes its projections, once made, shifted by the mask's embedding
-        (:meth:`TwoWayAttentionBlock.shift_projections`)."""
+        (:meth:`TwoWayAttentionBlock.shift_projections`). ``project``: make the projections
+        on the first prompt already (:meth:`keep_image`)."""
         masks = dense if isinstance(dense, MaskEmbedding) else None
         if masks is not None and (torch.is_grad_enabled() or len(masks.features) > 1):
             masks, dense = None, masks.dense()
@@ -288,7 +299,7 @@ class MaskDecoder(nn.Module):
         inputs = (image_embed, image_pe, no_mask) + (() if offset is None else (offset,))
         side = self._image_of.get(inputs, lambda: self._tokens(image_embed, image_pe, no_mask, offset))
         first = self.transformer.layers[0]
-        if self._image_of.reused and side.projected is None and len(side.keys) == 1:
+        if (project or self._image_of.reused) and side.projected is None and len(side.keys) == 1:
             side.projected = first.project_image(side.keys, side.key_pe)
         if masks is None:
             return side

@@ -106,9 +106,9 @@ class PromptEncoder(nn.Module):
             x = layer(x)
         _, c, h, w = x.shape
         features = x.flatten(2).transpose(1, 2).contiguous()
-        return MaskEmbedding(features, last.weight.reshape(-1, c), last.bias, (h, w), self._no_mask(1))
+        return MaskEmbedding(features, last.weight.reshape(-1, c), last.bias, (h, w), self.no_mask(1))
 
-    def _no_mask(self, batch_size: int) -> torch.Tensor:
+    def no_mask(self, batch_size: int) -> torch.Tensor:
         """The dense embedding without a mask prompt: ``(B, C, h, w)``, one vector expanded."""
         return self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch_size, -1, *self.embedding_size)
 
@@ -133,4 +133,4 @@ class PromptEncoder(nn.Module):
                 batch_size = masks.shape[0]
             weight = self.no_mask_embed.weight
             sparse = torch.empty((batch_size, 0, self.embed_dim), device=weight.device, dtype=weight.dtype)
-        return sparse, self._no_mask(batch_size) if masks is None else self.embed_masks(masks)
+        return sparse, self.no_mask(batch_size) if masks is None else self.embed_masks(masks)

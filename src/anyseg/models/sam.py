@@ -141,6 +141,12 @@ class SamModel(nn.Module):
         return decoder(features.embed, self.prompt_encoder.dense_pe(), sparse, dense, multimask,
                        object_score=False, tokens=False)
 
+    def keep_image(self, features: ImageFeatures, decoder: MaskDecoder | None = None) -> None:
+        """Do now the decoding work that depends on the image alone, kept for the prompts
+        on ``features`` (batch of 1) that follow (:meth:`MaskDecoder.keep_image`)."""
+        decoder = self.mask_decoder if decoder is None else decoder
+        decoder.keep_image(features.embed, self.prompt_encoder.dense_pe(), self.prompt_encoder.no_mask(1))
+
 
 def build_sam(preset: str | SamConfig, **overrides) -> SamModel:
     """Build an (uninitialised) SAM 1 / MobileSAM model from a preset name or a config.

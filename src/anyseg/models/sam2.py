@@ -172,6 +172,14 @@ class Sam2Model(Sam2TrackerMixin, nn.Module):
         return decoder(features.embed, self.sam_prompt_encoder.dense_pe(), sparse, dense, multimask,
                        features.high_res, image_offset=self.no_mem_embed.reshape(-1), object_score=False, tokens=False)
 
+    def keep_image(self, features: ImageFeatures, decoder: MaskDecoder | None = None) -> None:
+        """Do now the decoding work that depends on the image alone, kept for the prompts
+        on ``features`` (batch of 1) that follow (:meth:`MaskDecoder.keep_image`)."""
+        decoder = self.sam_mask_decoder if decoder is None else decoder
+        encoder = self.sam_prompt_encoder
+        decoder.keep_image(features.embed, encoder.dense_pe(), encoder.no_mask(1), features.high_res,
+                           self.no_mem_embed.reshape(-1))
+
     @property
     def mask_decoder(self) -> MaskDecoder:
         """The mask decoder (named ``sam_mask_decoder`` in SAM 2 checkpoints)."""

@@ -91,6 +91,7 @@ class ImagePredictor:
             features = self.model.encode_image(batch)
         self._features = features.to(dtype=self._features_dtype)
         self._sizes = [a.shape[:2] for a in arrays]
+        self._keep_image()
 
     def set_image(self, image) -> None:
         """Embed one ``(H, W, 3)`` uint8 RGB array or PIL image."""
@@ -144,6 +145,7 @@ class ImagePredictor:
         feats = ImageFeatures.from_state(payload["features"])
         self._features = feats.to(self.model.device, self._features_dtype)
         self._sizes = [tuple(int(v) for v in hw) for hw in payload["sizes"].tolist()]
+        self._keep_image()
 
     # ---------------------------------------------------------------- prediction
     @torch.inference_mode()
@@ -184,6 +186,13 @@ class ImagePredictor:
         return Prediction(masks, scores, logits)
 
     # ------------------------------------------------------------------- helpers
+    def _keep_image(self) -> None:
+        """The decoding work that depends on the first image alone, done now rather than on
+        its first prompts (``model.keep_image``): the first click answers as fast as the
+        next, and every click on it takes the same path."""
+        with torch.inference_mode(), bound_threads():
+            self.model.keep_image(self._features.select(0), decoder=self.decoder)
+
     def _require_image(self) -> None:
         if self._features is None:
             raise AnysegError("no image is set: call set_image() (or load_embedding()) first")
