@@ -42,6 +42,23 @@ def test_segment_writes_every_file(checkpoint, photo, tmp_path, capsys):
     assert "score" in capsys.readouterr().out
 
 
+def test_precision_option(checkpoint, photo, tmp_path, capsys):
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        assert main(["segment", str(photo), "--checkpoint", checkpoint, "--point", "80,60", "--out", str(out),
+                     "--precision", precision]) == 0
+        runs[precision] = json.loads((out / "segment.json").read_text())
+        assert runs[precision]["precision"] == precision
+    fp32, bf16 = ([m["score"] for m in runs[p]["masks"]] for p in ("fp32", "bf16"))
+    assert fp32 != bf16 and np.allclose(fp32, bf16, atol=0.05)  # computed in bf16, close to fp32
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["segment", str(photo), "--checkpoint", checkpoint, "--point", "80,60", "--out", str(tmp_path / "x"),
+              "--precision", "int4"])
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
+
+
 def test_single_click_gives_three_candidates(checkpoint, photo, tmp_path):
     out = tmp_path / "out"
     assert main(["segment", str(photo), "--checkpoint", checkpoint, "--point", "80,60", "--out", str(out)]) == 0

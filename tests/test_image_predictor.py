@@ -89,6 +89,29 @@ def test_embedding_of_other_weights_is_refused(pred, tmp_path):
         other.load_embedding(tmp_path / "missing.emb")
 
 
+def test_embedding_of_another_precision_is_refused(pred, model, image, tmp_path):
+    """Features are used in the precision that made them, never converted: a bf16 embedding
+    would give an fp32 predictor bf16 accuracy silently."""
+    pred.save_embedding(tmp_path / "fp32.emb")
+    fast = ImagePredictor(model, precision="bf16")
+    fast.set_image(image)
+    fast.save_embedding(tmp_path / "bf16.emb")
+    with pytest.raises(InvalidInputError, match="computed in bf16 precision, this predictor computes in fp32"):
+        ImagePredictor(model).load_embedding(tmp_path / "bf16.emb")
+    with pytest.raises(InvalidInputError, match="computed in fp32 precision, this predictor computes in int8"):
+        ImagePredictor(model, precision="int8").load_embedding(tmp_path / "fp32.emb")
+    again = ImagePredictor(model, precision="bf16")
+    again.load_embedding(tmp_path / "bf16.emb")
+    np.testing.assert_array_equal(again.predict(points=[[100, 120]], labels=[1]).logits,
+                                  fast.predict(points=[[100, 120]], labels=[1]).logits)
+    # a file from before the precision was recorded: its features' type tells
+    payload = torch.load(tmp_path / "bf16.emb", weights_only=True)
+    del payload["precision"]
+    torch.save(payload, tmp_path / "old.emb")
+    with pytest.raises(InvalidInputError, match="computed in a reduced precision"):
+        ImagePredictor(model).load_embedding(tmp_path / "old.emb")
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -25,9 +25,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from anyseg import load_model
+from anyseg import InvalidInputError, load_model
 from anyseg.io.masks import decode_rle
 from anyseg.server import ServerSettings, create_app
 from anyseg.server.gallery import Gallery, Sample
@@ -111,8 +112,8 @@ def bomb_png(width: int, height: int) -> bytes:
 # --------------------------------------------------------------------------- status, page, spec
 def test_status_page_and_spec(client):
     status = client.get("/api/status").json()
-    assert status["model"] == {"state": "ready", "name": "tiny", "family": "sam2", "detail": None,
-                               "download_url": None, "save_as": None}
+    assert status["model"] == {"state": "ready", "name": "tiny", "precision": "fp32", "family": "sam2",
+                               "detail": None, "download_url": None, "save_as": None}
     assert status["video"] and not status["concepts"]["available"] and "SAM 3" in status["concepts"]["reason"]
     assert status["limits"]["max_upload_bytes"] == 300_000 and status["sessions"] == 0
     page = client.get("/")
@@ -523,6 +524,31 @@ def test_restart_keeps_annotations_and_reopens(model, tmp_path, clip, monkeypatc
         assert [e["frame"] for name, e in events if name == "frame"] == [1, 2, 3]  # prompts replayed
 
 
+def test_precision_is_served_and_the_embedding_cache_follows_it(model, tmp_path, clip):
+    data = tmp_path / "studio"
+    with make_client(model, data, precision="bf16") as client:
+        assert client.get("/api/status").json()["model"]["precision"] == "bf16"
+        image = upload(client, "photo.png", png_bytes(64, 48))
+        new_object(client, image["session_id"])
+        fast = prompt(client, image["session_id"], 1, x=20, y=20)
+        sessions = client.app.state.studio.sessions
+        assert sessions.get(image["session_id"]).predictor.precision == "bf16"
+        video = upload(client, "clip.mp4", clip)
+        assert sessions.get(video["session_id"]).tracker.predictor.precision == "bf16"
+    (embedding,) = (data / "embeddings").glob("*.pt")  # of the image; the video has none
+    assert torch.load(embedding, weights_only=True)["precision"] == "bf16"
+    with make_client(model, data) as client:  # fp32 again: the bf16 embedding is made again, not converted
+        info = client.post(f"/api/projects/{image['project']['id']}/sessions").json()
+        new_object(client, info["session_id"])
+        exact = prompt(client, info["session_id"], 2, x=20, y=20)
+        assert client.app.state.studio.sessions.get(info["session_id"]).predictor.precision == "fp32"
+    assert torch.load(embedding, weights_only=True)["precision"] == "fp32"
+    scores = [[c["score"] for c in r["object"]["candidates"]] for r in (fast, exact)]
+    assert scores[0] != scores[1] and np.allclose(scores[0], scores[1], atol=0.05)
+    with pytest.raises(InvalidInputError, match="precision must be one of"):
+        create_app(ServerSettings(model="tiny", data_dir=tmp_path / "other", precision="int4"), model=model)
+
+
 def test_choice_after_restart_predicts_again(model, tmp_path):
     data = tmp_path / "studio"
     with make_client(model, data) as client:
@@ -702,6 +728,9 @@ def test_serve_command(tmp_path, monkeypatch, capsys, fixtures_dir):
     assert studio.settings.allowed_hosts == ["127.0.0.1", "localhost", "[::1]"]  # loopback only
     project = studio.store.projects()[0]
     assert f"http://127.0.0.1:8123/#project={project.id}" in capsys.readouterr().err
+    assert studio.settings.precision == "fp32"
+    assert main(["serve", "--checkpoint", checkpoint, "--data-dir", str(tmp_path / "d"), "--precision", "int8"]) == 0
+    assert served["app"].state.studio.holder.precision == "int8"
     assert main(["serve", "--model", "sam2.1-tinny"]) == 2
     assert "Did you mean 'sam2.1-tiny'" in capsys.readouterr().err
     assert main(["serve", "--open", str(tmp_path / "missing.png"), "--data-dir", str(tmp_path / "d")]) == 2
@@ -737,8 +766,8 @@ def test_fixture_checkpoint_loads_on_retry_and_segments(fixture_checkpoint, samp
         checkpoint.parent.mkdir()
         checkpoint.symlink_to(fixture_checkpoint)
         assert client.post("/api/model/load").json()["state"] == "loading"
-        assert settled() == {"state": "ready", "name": "sam2.1_hiera_tiny.pt", "family": "sam2", "detail": None,
-                             "download_url": None, "save_as": None}
+        assert settled() == {"state": "ready", "name": "sam2.1_hiera_tiny.pt", "precision": "fp32", "family": "sam2",
+                             "detail": None, "download_url": None, "save_as": None}
 
         dog = (samples_dir / "images" / "dog.jpg").read_bytes()
         info = upload(client, "dog.jpg", dog)

@@ -12,6 +12,8 @@ import argparse
 import os
 from pathlib import Path
 
+from anyseg.cli.common import PRECISIONS
+
 
 def _names(known: tuple[str, ...] | None):
     def parse(text: str) -> list[str]:
@@ -44,7 +46,7 @@ def register(sub) -> None:
                    help=f"comma-separated presets (default: {','.join(bench.MODELS)})")
     p.add_argument("--measures", type=_names(bench.MEASURES), default=list(bench.MEASURES), metavar="LIST",
                    help=f"comma-separated subset of {','.join(bench.MEASURES)} (default: all)")
-    p.add_argument("--precisions", type=_names(["fp32", "bf16", "fp16", "int8"]), default=["fp32"], metavar="LIST",
+    p.add_argument("--precisions", type=_names(list(PRECISIONS)), default=["fp32"], metavar="LIST",
                    help="anyseg's precisions to measure, e.g. fp32,bf16,int8 (default: fp32; the official side is fp32)")
     p.add_argument("--device", default="cpu",
                    help="torch device both sides compute on, e.g. cuda (default: cpu); on a GPU the official "

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import argparse
 
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+"""The precisions a predictor computes in (``anyseg.predictors.precision``), for the CLI's
+choices without importing torch."""
+
+PRECISION_HELP = ("fp32 (default: exact, as the official code), bf16 or fp16 (faster, approximate), int8 (bf16 "
+                  "with int8 products on the CPU: the fastest there); the README's Performance section has "
+                  "each one's speed and accuracy cost")
+
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """``--model NAME | --checkpoint PATH`` (a name and a file together: the file holds
-    fine-tuned weights of that architecture) and ``--device``."""
+    fine-tuned weights of that architecture), ``--device`` and ``--precision``."""
     parser.add_argument("--model", metavar="NAME", help="registry name (see `anyseg models`)")
     parser.add_argument("--checkpoint", metavar="PATH", help="load weights from this local file")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
 
 
 def load_model_from_args(args: argparse.Namespace):

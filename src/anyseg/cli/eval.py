@@ -236,7 +236,7 @@ def run_clicks(args: argparse.Namespace) -> int:
     from anyseg.predictors.image import ImagePredictor
 
     targets, skipped = clicks.load_targets(args.images, args.gt)
-    predictor = ImagePredictor(load_model_from_args(args))
+    predictor = ImagePredictor(load_model_from_args(args), precision=args.precision)
     result = clicks.evaluate(predictor, targets, args.max_clicks, skipped, progress=report.progress_bar("images"))
     for line in result.skipped:
         print(f"warning: not evaluated: {line}", file=sys.stderr)
@@ -261,7 +261,7 @@ def run_track(args: argparse.Namespace) -> int:
     from anyseg.predictors.video import VideoPredictor
 
     plans = track.plan_videos(args.video_dir, args.gt)
-    predictor = VideoPredictor(load_model_from_args(args))
+    predictor = VideoPredictor(load_model_from_args(args), precision=args.precision)
     pred_root = args.out / "pred"
     for plan in plans:
         track.track_video(predictor, plan, pred_root / plan.name, progress=report.progress_bar(plan.name))

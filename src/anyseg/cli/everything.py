@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         crop_n_layers=args.crop_n_layers,
         min_mask_region_area=args.min_mask_region_area,
         output_mode="coco_rle",
+        precision=args.precision,
     )
     out = Path(args.out)
     names = _output_names(readable)
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         "info": {
             "description": "anyseg everything",
             "model": args.model or str(args.checkpoint),
+            "precision": args.precision,
             "settings": {k: getattr(generator, k) for k in (
                 "pred_iou_thresh", "stability_score_thresh", "crop_n_layers", "min_mask_region_area")}
             | {"points_per_side": args.points_per_side, "points_per_batch": args.points_per_batch},

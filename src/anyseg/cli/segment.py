@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     multimask = args.multimask if args.multimask is not None else (len(args.point) == 1 and args.box is None)
 
-    pred = ImagePredictor(model)
+    pred = ImagePredictor(model, precision=args.precision)
     t0 = time.perf_counter()
     pred.set_image(image)
     t1 = time.perf_counter()
@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         "image": str(args.image),
         "size_hw": list(image.shape[:2]),
         "model": args.model or str(args.checkpoint),
+        "precision": args.precision,
         "prompts": {"points": points, "labels": labels, "box": args.box, "multimask": multimask},
         "masks": records,
         "timing_s": {"encode": round(t1 - t0, 4), "predict": round(t2 - t1, 4)},

@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from anyseg.cli.common import PRECISION_HELP, PRECISIONS
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -20,6 +22,7 @@ def register(sub) -> None:
     p.add_argument("--model", metavar="NAME", help="registry name (default sam2.1-tiny; `anyseg models` lists them)")
     p.add_argument("--checkpoint", metavar="PATH", help="load weights from this local file instead")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     p.add_argument("--no-download", action="store_true",
                    help="never download official weights: if they are missing, the page says what to download")
     p.add_argument("--host", default="127.0.0.1",
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model or (None if args.checkpoint else "sam2.1-tiny"),
         checkpoint=args.checkpoint,
         device=str(check_device(args.device)),
+        precision=args.precision,
         download=not args.no_download,
         data_dir=args.data_dir,
         max_upload_bytes=int(args.max_upload_mb * 2**20),

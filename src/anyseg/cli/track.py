@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from anyseg.predictors.video import VideoPredictor
 
     model = load_model_from_args(args)
-    session = VideoPredictor(model, fill_hole_area=args.fill_hole_area).open(args.video)
+    session = VideoPredictor(model, fill_hole_area=args.fill_hole_area, precision=args.precision).open(args.video)
     with session:
         seen: set[tuple[int, int]] = set()
         for frame, obj, kind, values in args.prompt:
@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         h, w = session.size
         write_json_atomic(out / "annotations.json", {
             "video": str(args.video), "height": h, "width": w, "fps": session.video.fps,
+            "model": args.model or str(args.checkpoint), "precision": args.precision,
             "prompts": [{"frame": f, "obj_id": o, kind: v} for f, o, kind, v in args.prompt],
             "annotations": annotations,
         })

@@ -124,6 +124,7 @@ class ImagePredictor:
         payload = {
             "format": EMBEDDING_FORMAT,
             "model": model_fingerprint(self.model),
+            "precision": self.precision,
             "sizes": torch.tensor(self._sizes),
             "features": {k: v.cpu() for k, v in self._features.state().items()},
         }
@@ -131,7 +132,8 @@ class ImagePredictor:
             torch.save(payload, tmp)
 
     def load_embedding(self, path: str | os.PathLike) -> None:
-        """Restore an embedding written by :meth:`save_embedding` for this same model."""
+        """Restore an embedding written by :meth:`save_embedding` for this same model, in this
+        predictor's precision (those of another are refused, not converted)."""
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
@@ -143,6 +145,11 @@ class ImagePredictor:
         if payload["model"] != model_fingerprint(self.model):
             raise InvalidInputError(f"{path} was computed by another model or other weights; embed the image again")
         feats = ImageFeatures.from_state(payload["features"])
+        # files written before the precision was recorded: that of the features' type
+        made = payload.get("precision") or ("fp32" if feats.embed.dtype == torch.float32 else "a reduced")
+        if made != self.precision:
+            raise InvalidInputError(f"{path} was computed in {made} precision, this predictor computes in "
+                                    f"{self.precision}; embed the image again")
         self._features = feats.to(self.model.device, self._features_dtype)
         self._sizes = [tuple(int(v) for v in hw) for hw in payload["sizes"].tolist()]
         self._keep_image()

@@ -81,6 +81,7 @@ class ServerSettings:
     model: str | None = "sam2.1-tiny"
     checkpoint: str | None = None
     device: str = "cpu"
+    precision: str = "fp32"
     download: bool = True
     data_dir: Path | None = None
     max_upload_bytes: int = 1 << 30
@@ -104,7 +105,8 @@ class Studio:
         self.library = MediaLibrary(self.data_dir, MediaLimits(settings.max_upload_bytes, settings.max_pixels,
                                                                settings.max_video_frames))
         self.gallery = Gallery(self.data_dir, settings.samples_dir)
-        self.holder = ModelHolder(settings.model, settings.checkpoint, settings.device, settings.download, model)
+        self.holder = ModelHolder(settings.model, settings.checkpoint, settings.device, settings.download, model,
+                                  settings.precision)
         self.worker: InferenceWorker | None = None
         self.sessions: SessionManager | None = None
 

@@ -35,6 +35,8 @@ class ModelStatus(BaseModel):
 
     state: Literal["loading", "ready", "unavailable"]
     name: str = Field(description="registry name, or the checkpoint file's name")
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = Field(
+        "fp32", description="what the predictors compute in (fp32: exact; the others faster, approximate)")
     family: str | None = Field(None, description="sam or sam2, once loaded")
     detail: str | None = None
     download_url: str | None = None

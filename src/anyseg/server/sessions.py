@@ -131,9 +131,10 @@ class ImageSession(StudioSession):
         self._candidates: dict[int, list[StoredMask]] = {}  # of each object's single click (RLE: compact)
 
     @classmethod
-    def open(cls, session_id: str, project: Project, store: Store, model, library: MediaLibrary) -> ImageSession:
-        """Embed the image, or read its embedding back from the cache."""
-        predictor = ImagePredictor(model)
+    def open(cls, session_id: str, project: Project, store: Store, model, library: MediaLibrary,
+             precision: str = "fp32") -> ImageSession:
+        """Embed the image in ``precision``, or read its embedding back from the cache."""
+        predictor = ImagePredictor(model, precision=precision)
         cached = library.embedding_path(project.media)
         try:
             predictor.load_embedding(cached)
@@ -214,9 +215,10 @@ class VideoTrackingSession(StudioSession):
 
     kind = "video"
 
-    def __init__(self, session_id: str, project: Project, store: Store, model, library: MediaLibrary) -> None:
+    def __init__(self, session_id: str, project: Project, store: Store, model, library: MediaLibrary,
+                 precision: str = "fp32") -> None:
         super().__init__(session_id, project, store)
-        self.tracker = VideoPredictor(model).open(str(library.path(project.media)))
+        self.tracker = VideoPredictor(model, precision=precision).open(str(library.path(project.media)))
         self._replayed = False
 
     def _ensure_replayed(self) -> None:
@@ -362,7 +364,8 @@ class SessionManager:
                 kind = ImageSession.open
             else:
                 kind = VideoTrackingSession
-            session = await self.worker.run(kind, session_id, project, self.store, model, self.library)
+            session = await self.worker.run(kind, session_id, project, self.store, model, self.library,
+                                            self.holder.precision)
             self._sessions[session_id] = session
             return session
 

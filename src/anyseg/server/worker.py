@@ -24,6 +24,7 @@ from anyseg import hub
 from anyseg.errors import AnysegError
 from anyseg.loading import load_model
 from anyseg.models.registry import get_spec
+from anyseg.predictors.precision import check_precision
 from anyseg.server.errors import ApiError
 from anyseg.server.schemas import ModelStatus
 
@@ -67,13 +68,15 @@ class InferenceWorker:
 
 
 class ModelHolder:
-    """The served model: loaded on the worker thread, or the reason it could not be."""
+    """The served model: loaded on the worker thread, or the reason it could not be; and the
+    precision its predictors compute in."""
 
     def __init__(self, name: str | None, checkpoint: str | None, device: str, download: bool = True,
-                 model=None) -> None:
+                 model=None, precision: str = "fp32") -> None:
         self.name = name
         self.checkpoint = checkpoint
         self.device = device
+        self.precision = check_precision(precision)
         self.download = download
         self.model = model
         self._error: str | None = None
@@ -109,12 +112,13 @@ class ModelHolder:
 
     def status(self) -> ModelStatus:
         if self.model is not None:
-            return ModelStatus(state="ready", name=self.label, family=self.model.family)
+            return ModelStatus(state="ready", name=self.label, precision=self.precision, family=self.model.family)
         if self._loading or self._error is None:
-            return ModelStatus(state="loading", name=self.label,
+            return ModelStatus(state="loading", name=self.label, precision=self.precision,
                                detail="loading the model (official weights are downloaded on first use)")
         url = save_as = None
         if self.checkpoint is None and self.name is not None:
             spec = get_spec(self.name)
             url, save_as = spec.url, str(hub.checkpoint_path(spec))
-        return ModelStatus(state="unavailable", name=self.label, detail=self._error, download_url=url, save_as=save_as)
+        return ModelStatus(state="unavailable", name=self.label, precision=self.precision, detail=self._error,
+                           download_url=url, save_as=save_as)

@@ -107,8 +107,9 @@ async function loadStatus() {
   const model = state.status.model;
   const pill = $("model-pill");
   pill.className = `pill ${model.state}`;
-  pill.textContent = { ready: `● ${model.name}`, loading: `◌ loading ${model.name}…`, unavailable: `● ${model.name} unavailable` }[model.state];
-  pill.title = model.detail || `the served model: ${model.name}`;
+  const served = model.precision === "fp32" ? model.name : `${model.name} · ${model.precision}`;
+  pill.textContent = { ready: `● ${served}`, loading: `◌ loading ${served}…`, unavailable: `● ${served} unavailable` }[model.state];
+  pill.title = model.detail || `the served model: ${model.name}, computing in ${model.precision}`;
   const banner = $("model-banner");
   banner.hidden = model.state !== "unavailable";
   if (model.state === "unavailable") {
