@@ -59,6 +59,21 @@ def test_precision_option(checkpoint, photo, tmp_path, capsys):
     assert "invalid choice: 'int4'" in capsys.readouterr().err
 
 
+def test_every_command_that_runs_a_model_takes_a_precision():
+    from anyseg.cli import build_parser
+    from anyseg.cli.common import PRECISIONS as CHOICES
+    from anyseg.predictors.precision import PRECISIONS
+
+    assert CHOICES == tuple(PRECISIONS)
+    parser = build_parser()
+    for argv in (["segment", "i.png", "--out", "o"], ["everything", "i.png", "--out", "o"],
+                 ["track", "v.mp4", "--prompt", "0:1:point=1,2", "--out", "o"],
+                 ["eval", "clicks", "--images", "d", "--gt", "g.json"],
+                 ["eval", "track", "--video-dir", "d", "--gt", "g", "--out", "o"], ["serve"]):
+        assert parser.parse_args(argv).precision == "fp32"
+        assert parser.parse_args(argv + ["--precision", "int8"]).precision == "int8"
+
+
 def test_single_click_gives_three_candidates(checkpoint, photo, tmp_path):
     out = tmp_path / "out"
     assert main(["segment", str(photo), "--checkpoint", checkpoint, "--point", "80,60", "--out", str(out)]) == 0
