@@ -173,9 +173,11 @@ def test_reduced_precision_is_opt_in(model, image, pred):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("family", ["sam2", "sam"])
 def test_first_prompt_gives_what_later_ones_give(model, image, family, precision):
-    """Setting an image does the decoding work that depends on the image alone
-    (``keep_image``), so the first prompt on it takes the path of the later ones: the same
-    prompt gives the same masks first, and again after other prompts."""
+    """Every prompt on an image takes one path (the first layer's image-side projections,
+    made when the image is set, ``keep_image``, or on a prompt after another image's have
+    replaced them): the same prompt gives the same masks first, after other prompts, and
+    after another predictor on the same model (in fp32 the same decoder) or another image of
+    the batch was prompted."""
     if family == "sam":
         torch.manual_seed(0)
         model = build_sam("mobile_sam_vit_t").eval().requires_grad_(False)
@@ -187,3 +189,10 @@ def test_first_prompt_gives_what_later_ones_give(model, image, family, precision
     again = p.predict(points=[[100, 120]], labels=[1])
     np.testing.assert_array_equal(first.logits, again.logits)
     np.testing.assert_array_equal(first.masks, again.masks)
+    other = ImagePredictor(model, precision=precision)
+    other.set_image(image[::-1])
+    other.predict(points=[[100, 120]], labels=[1])
+    np.testing.assert_array_equal(first.logits, p.predict(points=[[100, 120]], labels=[1]).logits)
+    p.set_images([image[::-1], image])
+    p.predict(points=[[100, 120]], labels=[1], image=0)
+    np.testing.assert_array_equal(first.logits, p.predict(points=[[100, 120]], labels=[1], image=1).logits)

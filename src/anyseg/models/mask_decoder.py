@@ -153,6 +153,7 @@ class MaskDecoder(nn.Module):
         masks_of: slice = slice(None),
         object_score: bool = True,
         tokens: bool = True,
+        project: bool = False,
     ) -> DecoderOutput:
         """Every mask token's output, before the multimask choice.
 
@@ -165,7 +166,9 @@ class MaskDecoder(nn.Module):
         tokens are every token's). ``object_score``: whether the object-presence score is
         made (else None). ``tokens``: whether every mask token's output is returned (the
         tracker's object pointer is made from them; else ``tokens`` is None). The last
-        attention computes only the outputs asked for.
+        attention computes only the outputs asked for. ``project``: an image's prompts, which
+        take the first layer's projections of the image side from the first prompt on
+        (:meth:`_image_side`), so that every prompt takes the same path.
         """
         sparse = sparse.to(self.iou_token.weight.dtype)  # the token side's type (see copy_in)
         b = sparse.shape[0]
@@ -182,7 +185,7 @@ class MaskDecoder(nn.Module):
         mask_ids = range(self.num_mask_tokens) if tokens else range(self.num_mask_tokens)[masks_of]
         rows = score_rows + [first] + [first + 1 + i for i in mask_ids]
         h, w = image_embed.shape[-2:]
-        side = self._image_side(image_embed, image_pe, dense, image_offset)
+        side = self._image_side(image_embed, image_pe, dense, image_offset, project)
         hs, src = self.transformer(side.keys.expand(b, -1, -1), side.key_pe, prompt, side.projected, rows)
         iou_token_out = hs[:, len(score_rows), :]
         mask_tokens_out = hs[:, len(score_rows) + 1 :, :]  # (B, len(mask_ids), C)
@@ -274,9 +277,8 @@ class MaskDecoder(nn.Module):
         """Make now, and keep for the prompts that follow, what decoding a prompt computes
         from the image alone (arguments as :meth:`predict_all`'s, ``no_mask`` the dense
         embedding without a mask): its tokens, the first layer's projections of them and
-        SAM 2's skip features. The image predictor calls this when an image is set: its
-        first prompt is then as fast as the next ones, and every prompt takes the same path
-        (the same prompt gives the same masks, whichever comes first)."""
+        SAM 2's skip features. The image predictor calls this when an image is set, so that
+        its first prompt is as fast as the next ones."""
         self._image_side(image_embed, image_pe, no_mask, image_offset, project=True)
         self._skips(high_res_features)
 
@@ -285,11 +287,11 @@ class MaskDecoder(nn.Module):
         With no mask prompt they depend on the image only, so the last result is kept
         (:class:`LastResult`) for the next prompt on the same image; the first layer's
         projections, which cost more than that layer's folded attention, are added on that
-        second prompt (a video frame is decoded once). A mask prompt (``dense`` a
+        second prompt (a video frame is decoded once), or with ``project`` on the first (an
+        image's prompts, and :meth:`keep_image`). A mask prompt (``dense`` a
         :class:`MaskEmbedding`, of one prompt) keeps the image's no-mask side the same way and
         takes its projections, once made, shifted by the mask's embedding
-        (:meth:`TwoWayAttentionBlock.shift_projections`). ``project``: make the projections
-        on the first prompt already (:meth:`keep_image`)."""
+        (:meth:`TwoWayAttentionBlock.shift_projections`)."""
         masks = dense if isinstance(dense, MaskEmbedding) else None
         if masks is not None and (torch.is_grad_enabled() or len(masks.features) > 1):
             masks, dense = None, masks.dense()
@@ -394,12 +396,14 @@ class MaskDecoder(nn.Module):
         return DecoderOutput(masks, iou, tokens, out.object_score)
 
     def forward(self, image_embed, image_pe, sparse, dense, multimask: bool, high_res_features=None,
-                image_offset=None, object_score: bool = True, tokens: bool = True) -> DecoderOutput:
+                image_offset=None, object_score: bool = True, tokens: bool = True,
+                project: bool = False) -> DecoderOutput:
         """:meth:`predict_all` (making only the masks that will be kept) then :meth:`_select`;
         ``object_score`` and ``tokens``: whether the object-presence score and the mask
-        tokens' outputs are made (the tracker's; an image prediction needs neither)."""
+        tokens' outputs are made (the tracker's; an image prediction needs neither);
+        ``project``: as :meth:`predict_all`'s (an image prediction's)."""
         out = self.predict_all(image_embed, image_pe, sparse, dense, high_res_features, image_offset,
-                               self._masks_of(multimask), object_score, tokens)
+                               self._masks_of(multimask), object_score, tokens, project)
         return self._select(out, multimask)
 
     def _dynamic_single_mask(self, masks: torch.Tensor, iou: torch.Tensor):

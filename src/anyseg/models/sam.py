@@ -139,7 +139,7 @@ class SamModel(nn.Module):
         sparse, dense = self.prompt_encoder(coords, labels, mask_input, batch_size=batch)
         decoder = self.mask_decoder if decoder is None else decoder
         return decoder(features.embed, self.prompt_encoder.dense_pe(), sparse, dense, multimask,
-                       object_score=False, tokens=False)
+                       object_score=False, tokens=False, project=True)
 
     def keep_image(self, features: ImageFeatures, decoder: MaskDecoder | None = None) -> None:
         """Do now the decoding work that depends on the image alone, kept for the prompts

@@ -170,7 +170,8 @@ class Sam2Model(Sam2TrackerMixin, nn.Module):
         sparse, dense = self.sam_prompt_encoder(coords, labels, mask_input, batch_size=batch)
         decoder = self.sam_mask_decoder if decoder is None else decoder
         return decoder(features.embed, self.sam_prompt_encoder.dense_pe(), sparse, dense, multimask,
-                       features.high_res, image_offset=self.no_mem_embed.reshape(-1), object_score=False, tokens=False)
+                       features.high_res, image_offset=self.no_mem_embed.reshape(-1),
+                       object_score=False, tokens=False, project=True)
 
     def keep_image(self, features: ImageFeatures, decoder: MaskDecoder | None = None) -> None:
         """Do now the decoding work that depends on the image alone, kept for the prompts
