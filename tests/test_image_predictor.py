@@ -196,3 +196,16 @@ def test_first_prompt_gives_what_later_ones_give(model, image, family, precision
     p.set_images([image[::-1], image])
     p.predict(points=[[100, 120]], labels=[1], image=0)
     np.testing.assert_array_equal(first.logits, p.predict(points=[[100, 120]], labels=[1], image=1).logits)
+
+
+def test_int8_is_refused_off_the_cpu():
+    """int8's products run on the CPU only: elsewhere it would silently be bf16."""
+    from anyseg import VideoPredictor
+    from anyseg.predictors.precision import check_precision
+
+    assert check_precision("int8", "cpu") == "int8" and check_precision("bf16", "cuda") == "bf16"
+    with torch.device("meta"):
+        elsewhere = build_sam2("sam2.1_hiera_t")
+    for make in (ImagePredictor, VideoPredictor):
+        with pytest.raises(InvalidInputError, match="int8 is a CPU mode"):
+            make(elsewhere, precision="int8")

@@ -89,6 +89,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from anyseg import bench
     from anyseg.errors import InvalidInputError
     from anyseg.loading import check_device
+    from anyseg.predictors.precision import check_precision
 
     official = {key: path for key, path in (("sam2", args.official_sam2), ("sam1", args.official_sam1),
                                             ("mobilesam", args.official_mobilesam)) if path}
@@ -102,8 +103,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if not 0 <= args.pause <= 60:
         raise InvalidInputError("--pause must be between 0 and 60 seconds")
     device = check_device(args.device)
-    if device.type != "cpu" and "int8" in args.precisions:
-        raise InvalidInputError("int8 is a CPU mode (its int8 products run on the CPU); on a GPU use bf16 or fp16")
+    for precision in args.precisions:
+        check_precision(precision, device)
     cfg = bench.Config(models=args.models, measures=args.measures, repeat=args.repeat, iters=args.iters,
                        click_iters=args.clicks, frames=args.frames, threads=args.threads, image=args.image,
                        everything_image=args.everything_image, video=args.video, official=official,

@@ -69,7 +69,7 @@ class ImagePredictor:
 
     def __init__(self, model, mask_threshold: float = 0.0, precision: str = "fp32") -> None:
         self.model = model.eval()
-        self.precision = check_precision(precision)
+        self.precision = check_precision(precision, model.device)
         # prompts are decoded on a copy whose image side is in the reduced type; the features are kept in it
         self._decoder = decoder_copy(model, self.precision)
         self._features_dtype = PRECISIONS[self.precision] or model.dtype

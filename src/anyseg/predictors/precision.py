@@ -28,9 +28,13 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8
 """Each precision's reduced type (autocast's and the decoder copy's), None for fp32."""
 
 
-def check_precision(precision: str) -> str:
+def check_precision(precision: str, device: torch.device | str | None = None) -> str:
+    """``precision``, if it is one of :data:`PRECISIONS` and runs on ``device`` (int8 is a CPU
+    mode: elsewhere it would silently be bf16); else an :class:`InvalidInputError`."""
     if precision not in PRECISIONS:
         raise InvalidInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "int8" and device is not None and torch.device(device).type != "cpu":
+        raise InvalidInputError("int8 is a CPU mode (its int8 products run on the CPU); on a GPU use bf16 or fp16")
     return precision
 
 

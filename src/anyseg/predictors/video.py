@@ -115,7 +115,7 @@ class VideoPredictor:
         self.model = model.eval()
         self.fill_hole_area = fill_hole_area
         self.max_sprinkle_area = max_sprinkle_area
-        self.precision = check_precision(precision)
+        self.precision = check_precision(precision, model.device)
         # prompted and tracked masks are decoded as the image predictor decodes them
         self.decoder = decoder_copy(model, self.precision)
 

@@ -76,7 +76,7 @@ class ModelHolder:
         self.name = name
         self.checkpoint = checkpoint
         self.device = device
-        self.precision = check_precision(precision)
+        self.precision = check_precision(precision, device)
         self.download = download
         self.model = model
         self._error: str | None = None
