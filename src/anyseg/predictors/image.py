@@ -195,8 +195,7 @@ class ImagePredictor:
     # ------------------------------------------------------------------- helpers
     def _keep_image(self) -> None:
         """The decoding work that depends on the first image alone, done now rather than on
-        its first prompts (``model.keep_image``): the first click answers as fast as the
-        next, and every click on it takes the same path."""
+        its first prompt (``model.keep_image``): the first click answers as fast as the next."""
         with torch.inference_mode(), bound_threads():
             self.model.keep_image(self._features.select(0), decoder=self.decoder)
 

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from anyseg.predictors.precision import PRECISIONS
+
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 FrameIndex = Annotated[int, Field(ge=0, le=10_000_000, description="frame number, from 0 (images: 0)")]
 ObjectName = Annotated[str, Field(min_length=1, max_length=80)]
@@ -35,7 +37,7 @@ class ModelStatus(BaseModel):
 
     state: Literal["loading", "ready", "unavailable"]
     name: str = Field(description="registry name, or the checkpoint file's name")
-    precision: Literal["fp32", "bf16", "fp16", "int8"] = Field(
+    precision: Literal[tuple(PRECISIONS)] = Field(
         "fp32", description="what the predictors compute in (fp32: exact; the others faster, approximate)")
     family: str | None = Field(None, description="sam or sam2, once loaded")
     detail: str | None = None
