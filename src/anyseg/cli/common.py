@@ -8,9 +8,9 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 """The precisions a predictor computes in (``anyseg.predictors.precision``), for the CLI's
 choices without importing torch."""
 
-PRECISION_HELP = ("fp32 (default: exact, as the official code), bf16 or fp16 (faster, approximate), int8 (bf16 "
-                  "with int8 products on the CPU: the fastest there); the README's Performance section has "
-                  "each one's speed and accuracy cost")
+PRECISION_HELP = ("fp32 (default: exact, as the official code), bf16 (faster, approximate), fp16 (the same on a "
+                  "GPU; most CPUs run it far slower than fp32), int8 (bf16 with int8 products on the CPU: the "
+                  "fastest there); the README's Performance section has each one's speed and accuracy cost")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -5,9 +5,10 @@ and ``"fp16"`` run the image encoder and the video tracker's memory attention an
 encoder (matrix products, convolutions and attention) under autocast in that type (weights
 stay fp32), and the image side and the token MLPs of the mask decoder, in the image
 predictors and the video tracker alike, on a copy of its weights outside autocast
-(``MaskDecoder.copy_in``; the prompt tokens stay fp32): several times faster on CPUs with
-AMX/AVX-512-BF16 and on GPUs, at an accuracy cost measured in
-``benchmarks/precision_accuracy.py``. ``"int8"`` is ``"bf16"`` with the image encoder's wide
+(``MaskDecoder.copy_in``; the prompt tokens stay fp32): bf16 several times faster on CPUs
+with AMX/AVX-512-BF16 and on GPUs, at an accuracy cost measured in
+``benchmarks/precision_accuracy.py``; fp16 is for GPUs (a CPU without fp16 arithmetic, such
+as the AMD EPYC host, runs it tens of times slower than fp32). ``"int8"`` is ``"bf16"`` with the image encoder's wide
 linear layers in int8 on the CPU (:func:`~anyseg.models.common.int8_linears`): a SAM
 2.1-tiny encode another 10-13% faster on an AMD EPYC (int8 dot-product instructions, VNNI),
 and the mask decoder copy's first upscaling product and its attention scores against the
