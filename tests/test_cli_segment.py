@@ -74,6 +74,14 @@ def test_every_command_that_runs_a_model_takes_a_precision():
         assert parser.parse_args(argv + ["--precision", "int8"]).precision == "int8"
 
 
+def test_int8_off_the_cpu_is_refused_before_weights_are_read(photo, tmp_path, capsys):
+    # no weights in the test's ANYSEG_HOME: the precision is refused before any is looked for
+    code = main(["segment", str(photo), "--model", "sam2.1-tiny", "--device", "meta", "--precision", "int8",
+                 "--point", "10,10", "--out", str(tmp_path / "out")])
+    assert code == 2 and "int8 is a CPU mode" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_single_click_gives_three_candidates(checkpoint, photo, tmp_path):
     out = tmp_path / "out"
     assert main(["segment", str(photo), "--checkpoint", checkpoint, "--point", "80,60", "--out", str(out)]) == 0

@@ -23,11 +23,15 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model_from_args(args: argparse.Namespace):
+    """The model the arguments name, on their device; a device or precision that cannot
+    work there is refused first, before any weights are read or downloaded."""
     from anyseg.errors import InvalidInputError
-    from anyseg.loading import load_model
+    from anyseg.loading import check_device, load_model
+    from anyseg.predictors.precision import check_precision
 
     if args.model is None and args.checkpoint is None:
         raise InvalidInputError("give --model NAME or --checkpoint PATH (`anyseg models` lists the names)")
+    check_precision(args.precision, check_device(args.device))
     return load_model(args.model, checkpoint=args.checkpoint, device=args.device)
 
 
