@@ -1,6 +1,8 @@
 """The shared attention: torch's fused kernel where gradients, fp32 or another device ask
 for it; in bf16 / fp16 on the CPU, blocks of query rows whose result is the fused kernel's
-to the reduced type's rounding."""
+to the reduced type's rounding; in fp32 on the CPU with values narrower than the queries and
+no mask (SAM 2's memory cross-attention), blocks through oneDNN's products, the fused
+kernel's result to float32 rounding."""
 
 import pytest
 import torch
@@ -53,24 +55,55 @@ def test_fused_kernel_where_exactness_or_gradients_matter(dtype, grad):
         torch.testing.assert_close(attention(q, k, v), F.scaled_dot_product_attention(q, k, v), atol=0, rtol=0)
 
 
+fp32_blocks = common._fp32_blocks
+
+
+@pytest.mark.parametrize("budget", [None, 3000])  # None: one block; 3000 bytes: blocks of a few rows
+def test_fp32_narrow_values_in_blocks_match_the_fused_kernel(budget, monkeypatch):
+    """Values narrower than the queries, keys and values broadcast over the heads (as the
+    memory attention passes them): oneDNN's products in blocks, the fused kernel's result."""
+    if budget:
+        monkeypatch.setattr(common, "SCORES_BYTES", budget)
+    q, k, v = inputs((2, 3), 37, 29, 16, 8)
+    k, v = k[:, :1], v[:, :1]
+    blocks = []
+    monkeypatch.setattr(common, "_fp32_blocks", lambda *a: blocks.append(a[-1]) or fp32_blocks(*a))
+    with torch.no_grad():
+        out = attention(q, k, v, scale=0.3)
+    assert blocks == [(budget or common.SCORES_BYTES) // (29 * 4)]  # rows of one head's float32 scores
+    expected = F.scaled_dot_product_attention(q, k.expand(2, 3, 29, 16), v.expand(2, 3, 29, 8), scale=0.3)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_fp32_narrow_values_with_a_mask_or_gradients_take_the_fused_kernel():
+    q, k, v = inputs((2,), 12, 10, 8, 4)
+    mask = torch.randn(12, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(attention(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                                   atol=0, rtol=0)
+    torch.testing.assert_close(attention(q, k, v), F.scaled_dot_product_attention(q, k, v), atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("heads", [1, 2])
-def test_memory_values_projected_after_the_attention(heads, monkeypatch):
-    """The cross-attention to the narrow memory, in bf16 on the CPU without gradients,
-    projects its values after the attention: the same result as projecting the memory
-    first (the gradient path), to bf16 rounding."""
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 0.03), (torch.float32, 1e-5)])
+def test_memory_values_projected_after_the_attention(heads, dtype, tolerance, monkeypatch):
+    """The cross-attention to the narrow memory, on the CPU without gradients, projects its
+    values after the attention: the same result as projecting the memory first (the
+    gradient path), to the type's rounding."""
     from anyseg.models import memory_attention
     from anyseg.models.memory_attention import RoPEAttention
 
     torch.manual_seed(0)
-    attn = RoPEAttention(32, num_heads=heads, kv_in_dim=8).eval().bfloat16()
-    q, memory = torch.randn(2, 16, 32).bfloat16(), torch.randn(2, 3 * 16 + 4, 8).bfloat16()  # 3 frames of 4x4, 4 pointers
+    attn = RoPEAttention(32, num_heads=heads, kv_in_dim=8).eval().to(dtype)
+    # 3 frames of 4x4, 4 pointers
+    q, memory = torch.randn(2, 16, 32).to(dtype), torch.randn(2, 3 * 16 + 4, 8).to(dtype)
     expected = attn(q, memory, memory, num_k_exclude_rope=4).detach()  # gradients recorded: projected first
     widths = []
     monkeypatch.setattr(memory_attention, "attention", lambda q, k, v: widths.append(v.shape[-1]) or attention(q, k, v))
     with torch.no_grad():
         out = attn(q, memory, memory, num_k_exclude_rope=4)
     assert widths == [8]  # the memory's own width
-    torch.testing.assert_close(out.float(), expected.float(), atol=0.03, rtol=0.03)
+    torch.testing.assert_close(out.float(), expected.float(), atol=tolerance, rtol=tolerance)
 
 
 @pytest.mark.parametrize("addend_rows", [0, 6])

@@ -77,7 +77,8 @@ def test_refinement_clicks_on_a_tracked_frame_condition_it_once(session, monkeyp
     assert len(calls) == 1 and calls[0][2]  # one memory attention, with memories
     kept = session._conditioned._value
     session._conditioned.clear()
-    fresh = session._condition(session.objects[1], 2, session._frame_features(2), False, False)
+    with torch.inference_mode():  # as the session computes it
+        fresh = session._condition(session.objects[1], 2, session._frame_features(2), False, False)
     torch.testing.assert_close(fresh, kept, rtol=0, atol=0)
     session.add_prompt(4, 1, points=[[20, 20]], labels=[1], clear=False)  # another frame: its own bank
     assert len(calls) == 3

@@ -37,8 +37,8 @@ class RoPEAttention(Attention):
 
         Where the values are narrower than a head (the cross-attention to the 64-wide memory:
         ``kv_in_dim`` < ``internal_dim / heads``) and the attention runs in blocks
-        (:func:`~anyseg.models.common.in_blocks`: bf16 on the CPU), the value projection runs
-        after the attention, on ``Nq`` rows instead of ``Nk``: each head's
+        (:func:`~anyseg.models.common.in_blocks`: on the CPU without gradients), the value
+        projection runs after the attention, on ``Nq`` rows instead of ``Nk``: each head's
         ``P (v W_v^T + b_v)`` equals ``(P v) W_v^T + b_v`` as the attention's rows sum to one,
         and the product with the memory's ~28k values then has 64 columns instead of 256
         (torch's fused kernel, elsewhere, gains nothing from narrower values).
@@ -47,7 +47,7 @@ class RoPEAttention(Attention):
         fold = False
         if v.shape[-1] < head_dim:
             q, k = self.split_heads(self.q_proj(q)), self.split_heads(self.k_proj(k))
-            fold = in_blocks(q)
+            fold = in_blocks(q, narrow_values=True)
             # (B, h, Nk, kv_in_dim), every head's; or projected as usual
             v = v.unsqueeze(1).expand(-1, h, -1, -1) if fold else self.split_heads(self.v_proj(v))
         else:
