@@ -208,6 +208,20 @@ def test_mask_embedding_is_the_mask_downscaling():
     torch.testing.assert_close(embedding.dense(), enc.mask_downscaling(masks), rtol=1e-5, atol=1e-5)
 
 
+def test_mask_shift_factors_are_the_embedding_less_the_no_mask_one():
+    torch.manual_seed(4)
+    enc = PromptEncoder(embed_dim=32, embedding_size=(4, 6), input_size=(64, 96))
+    for p in enc.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    embedding = enc.embed_masks(3 * torch.randn(1, 1, 16, 24))
+    x, weight = embedding.shift_factors(torch.float32)
+    assert x.shape == (24, 17) and weight.shape == (32, 17)
+    expected = (embedding.dense() - embedding.no_mask).flatten(2).transpose(1, 2)[0]
+    torch.testing.assert_close(x @ weight.t(), expected, rtol=1e-5, atol=1e-5)
+    x16, _ = embedding.shift_factors(torch.bfloat16)
+    assert x16.dtype == torch.bfloat16 and torch.equal(x16.float(), x.to(torch.bfloat16).float())
+
+
 @pytest.mark.parametrize("wanted", [slice(None), slice(1, None), slice(0, 1)])
 def test_batched_hypernetworks_equal_each_mlp_and_follow_weight_changes(wanted):
     dec = decoder()

@@ -32,6 +32,18 @@ class MaskEmbedding:
     size: tuple[int, int]
     no_mask: torch.Tensor
 
+    def shift_factors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedding less the no-mask one, of one mask, as the product ``x @ weight^T``:
+        ``x`` ``(h w, c + 1)`` the features and a channel of ones, in ``dtype``; ``weight``
+        ``(C, c + 1)`` float32, the last convolution's weight and its bias less the no-mask
+        vector."""
+        n, c = self.features.shape[1:]
+        x = self.features.new_empty(n, c + 1, dtype=dtype)
+        x[:, :c] = self.features[0]
+        x[:, c] = 1
+        shift = self.bias - self.no_mask[0, :, 0, 0]
+        return x, torch.cat([self.weight, shift[:, None]], dim=1).float()
+
     def dense(self) -> torch.Tensor:
         """The embedding ``(B, C, h, w)``, channels last: the decoder's ``(B, h w, C)`` token
         layout (added to image features in that layout; a map in the other takes a

@@ -213,28 +213,24 @@ class TwoWayAttentionBlock(nn.Module):
             heads(project(i2t.q_proj, k), i2t).transpose(1, 2).contiguous(),
         )
 
-    def shift_projections(self, projected: ImageProjections, features: torch.Tensor, weight: torch.Tensor,
-                          bias: torch.Tensor) -> ImageProjections:
-        """:meth:`project_image` of image tokens ``x + features @ weight^T + bias`` from
-        ``projected``, that of ``x``: ``features`` ``(1, N, c)``, ``weight`` ``(C, c)``,
-        ``bias`` ``(C,)``. Each projection ``W`` is linear, so its shift is ``features @ (W
-        weight)^T + W bias``: a product over the c channels instead of the C (c = 16 for a
-        mask prompt, whose embedding is this, against C = 256), added in the same product
-        (``W bias`` as a (c + 1)-th channel of ones)."""
+    def shift_projections(self, projected: ImageProjections, x: torch.Tensor, weight: torch.Tensor) -> ImageProjections:
+        """:meth:`project_image` of image tokens shifted by ``x @ weight^T`` from ``projected``,
+        that of the tokens unshifted: ``x`` ``(N, c)`` in the projections' type, ``weight``
+        ``(C, c)`` float32 (a mask prompt's
+        :meth:`~anyseg.models.prompt_encoder.MaskEmbedding.shift_factors`, c = 17 against C =
+        256). Each projection ``W`` is linear, so its shift is ``x @ (W weight)^T``: a product
+        over the c channels instead of the C, added to a copy of the projection."""
         dtype = projected.keys.dtype
-        x = features[0].to(dtype)
-        x = torch.cat([x, x.new_ones(len(x), 1)], dim=1)  # (N, c + 1)
 
-        def folded(layer: nn.Linear) -> torch.Tensor:  # (h d, c + 1)
-            w = layer.weight.float()
-            return torch.cat([w @ weight.float(), (w @ bias.float())[:, None]], dim=1).to(dtype)
+        def folded(layer: nn.Linear) -> torch.Tensor:  # (h d, c)
+            return (layer.weight.float() @ weight).to(dtype)
 
         def shifted(layer: nn.Linear, to: torch.Tensor) -> torch.Tensor:  # to (h, d, N), as (h d, N)
             return torch.addmm(to.reshape(-1, to.shape[-1]), folded(layer), x.t()).reshape(to.shape)
 
         t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
         values = projected.values  # (h, N, d)
-        per_head = folded(t2i.v_proj).reshape(len(values), -1, x.shape[1]).transpose(1, 2)  # (h, c + 1, d)
+        per_head = folded(t2i.v_proj).reshape(len(values), -1, x.shape[1]).transpose(1, 2)  # (h, c, d)
         values = torch.baddbmm(values, x.expand(len(values), -1, -1), per_head)
         return ImageProjections(shifted(t2i.k_proj, projected.keys), values, shifted(i2t.q_proj, projected.queries))
 
