@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from anyseg.kernels import gelu_words, layer_norm, layer_norm_plus, mask_product
+from anyseg.kernels import gelu_words, layer_norm, layer_norm_plus, mask_downscale, mask_product
 from anyseg.models.common import LastResult, relu_mlp
 from anyseg.models.mask_decoder import MaskDecoder, MaskDecoderConfig, _from_blocks
 from anyseg.models.prompt_encoder import MaskEmbedding, PromptEncoder
@@ -206,6 +206,24 @@ def test_mask_embedding_is_the_mask_downscaling():
     embedding = enc.embed_masks(masks)
     assert embedding.features.shape == (2, 24, 16) and embedding.size == (4, 6)
     torch.testing.assert_close(embedding.dense(), enc.mask_downscaling(masks), rtol=1e-5, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_compiled_mask_downscale_is_the_modules(loop_threads):
+    torch.manual_seed(5)
+    enc = PromptEncoder(embed_dim=32, embedding_size=(5, 3), input_size=(80, 48))
+    for p in enc.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    masks = 8 * torch.randn(2, 1, 20, 12)
+    masks[0, 0, :4, :4] = 0  # a patch whose first-stage channels are all the bias: a norm of ~zero variance
+    masks[1, 0, -4:] = torch.tensor([-1e4, 1e4, float("inf"), -float("inf")])[:, None]
+    expected = enc.mask_downscaling[:-1](masks).flatten(2).transpose(1, 2)
+    got = mask_downscale(masks, enc.mask_downscaling)
+    assert got.shape == (2, 15, 16) and got.dtype == torch.float32
+    assert expected.isnan().any()  # infinite logits: NaN as the modules make them
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, equal_nan=True)
+    # the prompt encoder takes it without gradients, on the CPU, in float32
+    torch.testing.assert_close(enc.embed_masks(masks).features, expected, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
 def test_mask_shift_factors_are_the_embedding_less_the_no_mask_one():

@@ -83,6 +83,86 @@ def resize_threshold(start, stop, maps, taps, weights, plan_index, plan_weight, 
                     o[j] = acc > threshold
 
 
+@numba.njit(**_OPTIONS, fastmath={"contract"})
+def mask_downscale(start, stop, masks, first, second, eps, out):
+    """Rows ``[start, stop)`` of every mask's ``h x w`` grid through SAM's mask downscaling
+    up to its last convolution: ``masks`` ``(B, 4h, 4w)`` float32 logits; ``first`` ``(c1,
+    7)`` the first 2 x 2 stride-2 convolution's weights over a patch's (di, dj) pixels, its
+    bias, and its layer norm's weight and bias; ``second`` ``(c2, 4 c1 + 3)`` the same for
+    the second convolution (its weights over (di, dj, channel)); ``eps`` the two norms'
+    epsilons; ``out`` ``(B, h w, c2)`` float32. Each norm over the channels, then the exact
+    GELU, as LayerNorm2d and nn.GELU compute them (float32; each sum in the order of the
+    convolutions' weights). A row of the grid at a time, its values in planes (a channel's
+    or a sub-pixel's along the row), so that every step is vectorised along the row."""
+    c1, c2 = first.shape[0], second.shape[0]
+    h, w = masks.shape[1] // 4, masks.shape[2] // 4
+    planes = np.empty((4, 4, w), np.float32)  # the row's 4 mask rows, each by column within its patch
+    z = np.empty((4 * c1, w), np.float32)  # first stage, by (di, dj, channel)
+    y = np.empty((c2, w), np.float32)
+    for bi in range(start, stop):
+        b, i = bi // h, bi % h
+        for a in range(4):
+            for j in range(w):
+                for q in range(4):
+                    planes[a, q, j] = masks[b, 4 * i + a, 4 * j + q]
+        for s in range(4):
+            di, dj = 2 * (s >> 1), 2 * (s & 1)
+            for k in range(c1):
+                f = first[k]
+                for j in range(w):
+                    z[s * c1 + k, j] = (f[4] + f[0] * planes[di, dj, j] + f[1] * planes[di, dj + 1, j]
+                                        + f[2] * planes[di + 1, dj, j] + f[3] * planes[di + 1, dj + 1, j])
+            _norm_gelu(z[s * c1 : (s + 1) * c1], first[:, 5], first[:, 6], eps[0])
+        for o in range(c2):
+            g = second[o]
+            for j in range(w):
+                y[o, j] = g[4 * c1]
+            for t in range(4 * c1):
+                for j in range(w):
+                    y[o, j] += g[t] * z[t, j]
+        _norm_gelu(y, second[:, 4 * c1 + 1], second[:, 4 * c1 + 2], eps[1])
+        for j in range(w):
+            for o in range(c2):
+                out[b, i * w + j, o] = y[o, j]
+
+
+@numba.njit(inline="always")
+def _norm_gelu(v, weight, bias, eps):
+    """``v`` ``(C, n)`` float32, n values of C channels, = ``gelu(weight * (v - mean) /
+    sqrt(var + eps) + bias)`` over the channels, in place: LayerNorm2d then nn.GELU (the
+    exact, erf form), vectorised along the n."""
+    c, n = v.shape
+    mean = np.zeros(n, np.float32)
+    var = np.zeros(n, np.float32)
+    for k in range(c):
+        for j in range(n):
+            mean[j] += v[k, j]
+    for j in range(n):
+        mean[j] /= np.float32(c)
+    for k in range(c):
+        for j in range(n):
+            d = v[k, j] - mean[j]
+            var[j] += d * d
+    for j in range(n):
+        var[j] = np.sqrt(var[j] / np.float32(c) + eps)  # the std
+    for k in range(c):
+        for j in range(n):
+            u = weight[k] * ((v[k, j] - mean[j]) / var[j]) + bias[k]
+            v[k, j] = np.float32(0.5) * u * (np.float32(1) + _erf(u * np.float32(0.7071067811865476)))
+
+
+@numba.njit(inline="always")
+def _erf(x):
+    """erf of a float32 ``x`` within 6e-7 (Abramowitz and Stegun 7.1.26, evaluated in
+    float32; torch's CPU erf is within 3e-8), in vectorisable arithmetic."""
+    t = np.float32(1) / (np.float32(0.3275911) * abs(x) + np.float32(1))
+    r = np.float32(1.061405429)
+    for c in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
+        r = r * t + np.float32(c)
+    e = np.float32(1) - r * t * _exp_neg(-x * x)
+    return e if x >= 0 else -e
+
+
 @numba.njit(inline="always")
 def _select(e, x0, x1, x2, x3, x4):
     """``(x0, ..., x4)[e]`` as selects (vectorisable), not a gather."""
@@ -597,4 +677,18 @@ def product_softmax_team(data):
     start, stop = _next_part(d)
     while start < stop:
         product_softmax(start, stop, acc, row_scale, col_scale, bias, d[12], out)
+        start, stop = _next_part(d)
+
+
+@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
+def mask_downscale_team(data):
+    d = numba.carray(data, (64,), np.int64)
+    masks = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.float32)
+    first = numba.carray(_pointer(d[7]), (d[8], d[9]), np.float32)
+    second = numba.carray(_pointer(d[10]), (d[11], d[12]), np.float32)
+    eps = numba.carray(_pointer(d[13]), (d[14],), np.float32)
+    out = numba.carray(_pointer(d[15]), (d[16], d[17], d[18]), np.float32)
+    start, stop = _next_part(d)
+    while start < stop:
+        mask_downscale(start, stop, masks, first, second, eps, out)
         start, stop = _next_part(d)

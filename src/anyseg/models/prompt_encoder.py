@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anyseg.kernels import loops_apply, mask_downscale
 from anyseg.models.common import LayerNorm2d
 from anyseg.models.position import PositionEmbeddingRandom
 
@@ -113,11 +114,15 @@ class PromptEncoder(nn.Module):
         """``(B, 1, 4h, 4w)`` mask logits -> their :class:`MaskEmbedding` (``(B, embed_dim,
         h, w)`` by its ``dense()``)."""
         *downscale, last = self.mask_downscaling
-        x = masks
-        for layer in downscale:
-            x = layer(x)
-        _, c, h, w = x.shape
-        features = x.flatten(2).transpose(1, 2).contiguous()
+        h, w = masks.shape[-2] // 4, masks.shape[-1] // 4
+        if loops_apply(masks, last.weight, dtype=torch.float32):  # the modules in one compiled pass
+            features = mask_downscale(masks, self.mask_downscaling)
+        else:
+            x = masks
+            for layer in downscale:
+                x = layer(x)
+            features = x.flatten(2).transpose(1, 2).contiguous()
+        c = features.shape[-1]
         return MaskEmbedding(features, last.weight.reshape(-1, c), last.bias, (h, w), self.no_mask(1))
 
     def no_mask(self, batch_size: int) -> torch.Tensor:
