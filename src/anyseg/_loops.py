@@ -99,6 +99,7 @@ def mask_downscale(start, stop, masks, first, second, eps, out):
     planes = np.empty((4, 4, w), np.float32)  # the row's 4 mask rows, each by column within its patch
     z = np.empty((4 * c1, w), np.float32)  # first stage, by (di, dj, channel)
     y = np.empty((c2, w), np.float32)
+    stats = np.empty((2, w), np.float32)  # the norms' means and standard deviations along the row
     for bi in range(start, stop):
         b, i = bi // h, bi % h
         for a in range(4):
@@ -112,7 +113,7 @@ def mask_downscale(start, stop, masks, first, second, eps, out):
                 for j in range(w):
                     z[s * c1 + k, j] = (f[4] + f[0] * planes[di, dj, j] + f[1] * planes[di, dj + 1, j]
                                         + f[2] * planes[di + 1, dj, j] + f[3] * planes[di + 1, dj + 1, j])
-            _norm_gelu(z[s * c1 : (s + 1) * c1], first[:, 5], first[:, 6], eps[0])
+            _norm_gelu(z[s * c1 : (s + 1) * c1], first[:, 5], first[:, 6], eps[0], stats)
         for o in range(c2):
             g = second[o]
             for j in range(w):
@@ -120,20 +121,22 @@ def mask_downscale(start, stop, masks, first, second, eps, out):
             for t in range(4 * c1):
                 for j in range(w):
                     y[o, j] += g[t] * z[t, j]
-        _norm_gelu(y, second[:, 4 * c1 + 1], second[:, 4 * c1 + 2], eps[1])
+        _norm_gelu(y, second[:, 4 * c1 + 1], second[:, 4 * c1 + 2], eps[1], stats)
         for j in range(w):
             for o in range(c2):
                 out[b, i * w + j, o] = y[o, j]
 
 
 @numba.njit(inline="always")
-def _norm_gelu(v, weight, bias, eps):
+def _norm_gelu(v, weight, bias, eps, stats):
     """``v`` ``(C, n)`` float32, n values of C channels, = ``gelu(weight * (v - mean) /
     sqrt(var + eps) + bias)`` over the channels, in place: LayerNorm2d then nn.GELU (the
-    exact, erf form), vectorised along the n."""
+    exact, erf form), vectorised along the n. ``stats`` ``(2, n)``: room for the means and
+    standard deviations."""
     c, n = v.shape
-    mean = np.zeros(n, np.float32)
-    var = np.zeros(n, np.float32)
+    mean, std = stats[0], stats[1]
+    mean[:] = 0
+    std[:] = 0
     for k in range(c):
         for j in range(n):
             mean[j] += v[k, j]
@@ -142,12 +145,12 @@ def _norm_gelu(v, weight, bias, eps):
     for k in range(c):
         for j in range(n):
             d = v[k, j] - mean[j]
-            var[j] += d * d
+            std[j] += d * d
     for j in range(n):
-        var[j] = np.sqrt(var[j] / np.float32(c) + eps)  # the std
+        std[j] = np.sqrt(std[j] / np.float32(c) + eps)
     for k in range(c):
         for j in range(n):
-            u = weight[k] * ((v[k, j] - mean[j]) / var[j]) + bias[k]
+            u = weight[k] * ((v[k, j] - mean[j]) / std[j]) + bias[k]
             v[k, j] = np.float32(0.5) * u * (np.float32(1) + _erf(u * np.float32(0.7071067811865476)))
 
 
