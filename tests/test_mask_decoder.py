@@ -9,7 +9,7 @@ import torch
 
 from anyseg.kernels import gelu_words, layer_norm, layer_norm_plus, mask_downscale, mask_product
 from anyseg.models.common import LastResult, relu_mlp
-from anyseg.models.mask_decoder import MaskDecoder, MaskDecoderConfig, _from_blocks
+from anyseg.models.mask_decoder import MaskDecoder, MaskDecoderConfig, _from_blocks, stability_score
 from anyseg.models.prompt_encoder import MaskEmbedding, PromptEncoder
 from anyseg.models.two_way_transformer import softmax_
 
@@ -305,22 +305,40 @@ def test_reduced_precision_copy():
     assert ((out.masks.float() > 0) == (ref.masks > 0)).float().mean() > 0.9
 
 
-@pytest.mark.parametrize("dynamic", [False, True])
+def official_single_mask(masks, iou, cfg):
+    """SAM 2's dynamic choice of one mask from all four, as the official decoder makes it."""
+    rows = torch.arange(len(masks))
+    best = iou[:, 1:].argmax(-1)
+    stable = stability_score(masks[:, :1], 0.0, cfg.dynamic_multimask_stability_delta)
+    stable = stable >= cfg.dynamic_multimask_stability_thresh
+    return (torch.where(stable[..., None, None], masks[:, :1], masks[:, 1:][rows, best][:, None]),
+            torch.where(stable, iou[:, :1], iou[:, 1:][rows, best][:, None]))
+
+
+# the dynamic choice with token 0 always stable, stable for one prompt of two, and never
+@pytest.mark.parametrize("dynamic,threshold", [(False, 0.98), (True, 0.0), (True, 0.689), (True, 1.01)])
 @torch.inference_mode()
-def test_forward_makes_only_the_masks_it_keeps(dynamic):
+def test_forward_makes_only_the_masks_it_keeps(dynamic, threshold):
     torch.manual_seed(0)
-    cfg = MaskDecoderConfig(dim=32, use_high_res_features=True, dynamic_multimask_via_stability=dynamic)
+    cfg = MaskDecoderConfig(dim=32, use_high_res_features=True, dynamic_multimask_via_stability=dynamic,
+                            dynamic_multimask_stability_thresh=threshold)
     dec = MaskDecoder(cfg).eval()
     dec.load_state_dict(decoder().state_dict())
     embed, pe, sparse, no_mask, high_res = prompt_inputs(dec)
+    sparse = 5 * sparse  # prompts apart: token 0's stability 0.687 and 0.691
     every = dec.predict_all(embed, pe, sparse, no_mask, high_res)
     assert every.masks.shape[1] == 4
     multi = dec(embed, pe, sparse, no_mask, True, high_res)
     torch.testing.assert_close(multi.masks, every.masks[:, 1:])
     torch.testing.assert_close(multi.iou, every.iou[:, 1:])
     single = dec(embed, pe, sparse, no_mask, False, high_res)
-    expected = dec._dynamic_single_mask(every.masks, every.iou)[0] if dynamic else every.masks[:, :1]
+    if dynamic:
+        expected, expected_iou = official_single_mask(every.masks, every.iou, cfg)
+    else:
+        expected, expected_iou = every.masks[:, :1], every.iou[:, :1]
     torch.testing.assert_close(single.masks, expected)
+    torch.testing.assert_close(single.iou, expected_iou)
+    torch.testing.assert_close(single.tokens, every.tokens[:, :1])  # the object pointer's: token 0's
 
 
 def test_softmax_over_its_input():
