@@ -2,8 +2,8 @@
 operations would pass over large arrays several times (or reorder them element by element),
 for the bf16 encoders' softmax over short rows, where torch's per-row cost dominates, for
 the int8 linear layers' quantizing and dequantizing passes (each one pass, where torch
-would take several), and for a mask prompt's downscaling (float32; ten small passes in
-torch).
+would take several), and for a mask prompt's downscaling (float32, where torch takes a
+dozen small operations).
 
 The loops are in :mod:`anyseg._loops`, compiled by numba on first use (importing anyseg
 does not import numba; the machine code is cached on disk). Where torch runs on GNU OpenMP
