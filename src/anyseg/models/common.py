@@ -397,8 +397,8 @@ class Linear(nn.Linear):
     linear kernel with bf16 copies of the weight and bias, made once and kept (where torch's
     autocast would cast them again in each autocast region and run its own bf16 product:
     the first products of SAM 2's encoder 20-35% slower on an AMD EPYC, bf16 encodes of SAM
-    2.1-tiny and MobileSAM 6-10%). The kept copies hold half the float32 weights' memory,
-    as much as autocast's cast cache holds during an encode."""
+    2.1-tiny and MobileSAM 3-7%). The kept copies hold half the float32 weights' memory,
+    as much as autocast's cast cache holds during an encode (peak memory unchanged)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
