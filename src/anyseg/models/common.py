@@ -394,11 +394,12 @@ def int8_product(x: torch.Tensor, q_t: torch.Tensor, col_scale: torch.Tensor, bi
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, same state-dict names) computed by :func:`linear`,
     in int8 within :func:`int8_linears`, or under the CPU's bf16 autocast through oneDNN's
-    linear kernel with bf16 copies of the weight and bias, made once and kept (where torch's
-    autocast would cast them again in each autocast region and run its own bf16 product:
-    the first products of SAM 2's encoder 20-35% slower on an AMD EPYC, bf16 encodes of SAM
-    2.1-tiny and MobileSAM 3-7%). The kept copies hold half the float32 weights' memory,
-    as much as autocast's cast cache holds during an encode (peak memory unchanged)."""
+    linear kernel with bf16 copies of the weight and bias, made once and kept. Autocast
+    would cast them again in each autocast region and run its own bf16 product, which first
+    copies the bias over the whole output: on an AMD EPYC the wide first-stage products of
+    SAM 2's encoder take 20-35% longer that way, bf16 encodes of SAM 2.1-tiny and MobileSAM
+    3-7%. The kept copies hold half the float32 weights' memory, as much as autocast's cast
+    cache holds during an encode (peak memory unchanged)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -410,20 +411,23 @@ class Linear(nn.Linear):
         self._bf16_of.clear()
         super()._load_from_state_dict(*args, **kwargs)
 
+    def _bf16(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weight and bias (None without one) as bf16."""
+        bias = None if self.bias is None else self.bias.detach().to(torch.bfloat16)
+        return self.weight.detach().to(torch.bfloat16), bias
+
     def _quantized(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:func:`quantize_weight` of the weight, and the bias as float32 (zeros without one)."""
         bias = torch.zeros(self.out_features) if self.bias is None else self.bias.detach().float()
         return (*quantize_weight(self.weight), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = (self.weight,) if self.bias is None else (self.weight, self.bias)
         if _int8_applies(x, self.weight):
-            params = (self.weight,) if self.bias is None else (self.weight, self.bias)
             q_t, col_scale, bias = self._quantized_of.get(params, self._quantized)
             return int8_product(x, q_t, col_scale, bias)
         if _autocast_onednn_applies(x, self.weight):
-            params = (self.weight,) if self.bias is None else (self.weight, self.bias)
-            weight, bias = self._bf16_of.get(params, lambda: tuple(
-                None if p is None else p.detach().to(torch.bfloat16) for p in (self.weight, self.bias)))
+            weight, bias = self._bf16_of.get(params, self._bf16)
             return _onednn_linear(x.to(torch.bfloat16), weight, bias, "none", [], "")
         return linear(x, self.weight, self.bias)
 
