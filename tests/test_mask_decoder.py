@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from anyseg.kernels import gelu_words, layer_norm, layer_norm_plus, mask_downscale, mask_product
+from anyseg.kernels import gelu_words, layer_norm, layer_norm_plus, mask_downscale, mask_product, rows_linear
 from anyseg.models.common import LastResult, relu_mlp
 from anyseg.models.mask_decoder import MaskDecoder, MaskDecoderConfig, _from_blocks, stability_score
 from anyseg.models.prompt_encoder import MaskEmbedding, PromptEncoder
@@ -375,3 +375,28 @@ def test_token_mlp_on_laid_out_weights_is_the_layers(dtype):
         assert kept.reused
     trained = relu_mlp(x, first, second, kept)
     assert trained.requires_grad
+
+
+def test_compiled_small_mlp_layers_are_torchs(loop_threads):
+    torch.manual_seed(6)
+    x, weight, bias = torch.randn(3, 2, 40), torch.randn(3, 40, 24), torch.randn(3, 1, 24)
+    x[1, 0, 7] = float("nan")  # a NaN stays a NaN through the ReLU, as torch's
+    product = torch.baddbmm(bias, x, weight)
+    for relu in (False, True):
+        got = rows_linear(x, weight, bias, relu)
+        assert got.shape == (3, 2, 24) and got[1, 0].isnan().all()
+        torch.testing.assert_close(got, torch.relu(product) if relu else product, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+def test_decoder_small_mlps_compiled_and_not_agree():
+    """The hypernetworks and the IoU head (sigmoid or not) through the compiled loop, and
+    through torch's layers with gradients recorded."""
+    torch.manual_seed(7)
+    for sigmoid in (False, True):
+        dec = MaskDecoder(MaskDecoderConfig(dim=32, iou_head_hidden_dim=32, iou_prediction_use_sigmoid=sigmoid)).eval()
+        tokens, token = torch.randn(2, 3, 32), torch.randn(2, 32)  # the three multimask tokens' outputs
+        with torch.no_grad():
+            hyper, iou = dec._hypernetworks(tokens, slice(1, None)), dec._iou(token)
+        torch.testing.assert_close(hyper, dec._hypernetworks(tokens, slice(1, None)), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(iou, dec._iou(token), rtol=1e-5, atol=1e-6)
+        assert hyper.shape == (2, 3, 4) and iou.shape == (2, 4)

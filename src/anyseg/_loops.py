@@ -387,6 +387,26 @@ def softmax(start, stop, x, addend):
             xi[j] = _narrow(s[j] * inv)
 
 
+# the products' terms are summed in order, each output row vectorised along its outputs
+@numba.njit(**_OPTIONS, fastmath={"contract"})
+def rows_linear(start, stop, x, weight, bias, relu, out):
+    """Rows ``[start, stop)`` (row ``k R + r`` is ``(k, r)``) of ``out[k, r] = x[k, r] @
+    weight[k] + bias[k, 0]``, float32, then (``relu``) the ReLU (NaN kept): ``x`` ``(K, R,
+    n)``, ``weight`` ``(K, n, m)``, ``bias`` ``(K, 1, m)``, ``out`` ``(K, R, m)``."""
+    rows = x.shape[1]
+    for kr in range(start, stop):
+        k, r = kr // rows, kr % rows
+        o, xr, w = out[k, r], x[k, r], weight[k]
+        o[:] = bias[k, 0]
+        for i in range(w.shape[0]):
+            a, wi = xr[i], w[i]
+            for j in range(o.shape[0]):
+                o[j] += a * wi[j]
+        if relu:
+            for j in range(o.shape[0]):
+                o[j] = np.float32(0) if o[j] < 0 else o[j]
+
+
 _COLUMNS = 512  # columns per pass of product_softmax's softmax across rows
 
 
@@ -694,4 +714,17 @@ def mask_downscale_team(data):
     start, stop = _next_part(d)
     while start < stop:
         mask_downscale(start, stop, masks, first, second, eps, out)
+        start, stop = _next_part(d)
+
+
+@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
+def rows_linear_team(data):
+    d = numba.carray(data, (64,), np.int64)
+    x = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.float32)
+    weight = numba.carray(_pointer(d[7]), (d[8], d[9], d[10]), np.float32)
+    bias = numba.carray(_pointer(d[11]), (d[12], d[13], d[14]), np.float32)
+    out = numba.carray(_pointer(d[16]), (d[17], d[18], d[19]), np.float32)
+    start, stop = _next_part(d)
+    while start < stop:
+        rows_linear(start, stop, x, weight, bias, d[15] != 0, out)
         start, stop = _next_part(d)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyseg.kernels import layer_norm, loops_apply, mask_product
+from anyseg.kernels import layer_norm, loops_apply, mask_product, rows_linear
 from anyseg.models.common import (INT8_AVAILABLE, MLP, LastResult, LayerNorm2d, Linear, int8_product,
                                   quantize_weight)
 from anyseg.models.prompt_encoder import MaskEmbedding
@@ -53,6 +53,29 @@ def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> to
     inter = (logits > threshold + offset).sum(dim=(-1, -2), dtype=torch.int32).float()
     union = (logits > threshold - offset).sum(dim=(-1, -2), dtype=torch.int32).float()
     return torch.where(union > 0, inter / union, torch.ones_like(inter))
+
+
+def _stack(mlps: list[MLP]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """K MLPs of the same shape, stacked per layer: weights ``(K, in, out)``, biases ``(K, 1,
+    out)``."""
+    return [(torch.stack([mlp.layers[i].weight.t() for mlp in mlps]).contiguous(),
+             torch.stack([mlp.layers[i].bias for mlp in mlps])[:, None])
+            for i in range(len(mlps[0].layers))]
+
+
+def _stacked_mlp(x: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]], act: nn.Module) -> torch.Tensor:
+    """``x`` ``(K, B, C)`` through K MLPs stacked by :func:`_stack` (``act`` between the
+    layers): ``(K, B, out)``. float32 ReLU MLPs on the CPU without gradients through the
+    compiled loop (:func:`~anyseg.kernels.rows_linear`), else one batched product per layer."""
+    compiled = isinstance(act, nn.ReLU) and loops_apply(x, layers[0][0], dtype=torch.float32)
+    last = len(layers) - 1
+    for i, (weight, bias) in enumerate(layers):
+        if compiled:
+            x = rows_linear(x, weight, bias, relu=i < last)
+        else:
+            x = torch.baddbmm(bias, x, weight)
+            x = act(x) if i < last else x
+    return x
 
 
 def _deconv_weight(conv: nn.ConvTranspose2d) -> torch.Tensor:
@@ -109,6 +132,7 @@ class MaskDecoder(nn.Module):
         self._image_of = LastResult()  # see _image_side
         self._pe_of = LastResult()  # see _image_side
         self._stacked_of = LastResult()  # see _hypernetworks
+        self._iou_of = LastResult()  # see _iou
         self._deconv_of = LastResult()  # see _upscale
         self._quantized_of = LastResult()  # see _first_deconv_int8
         self.int8_upscale = False  # see copy_in
@@ -202,7 +226,7 @@ class MaskDecoder(nn.Module):
             else:
                 masks = _from_blocks(up @ hyper_in.transpose(1, 2).to(up.dtype), h, w, levels=2)
 
-        iou = self.iou_prediction_head(iou_token_out)
+        iou = self._iou(iou_token_out)
         if not object_score:
             score = None
         elif self.cfg.pred_obj_scores:
@@ -259,19 +283,19 @@ class MaskDecoder(nn.Module):
         if torch.is_grad_enabled():
             return torch.stack([mlps[i](tokens[:, j, :]) for j, i in enumerate(range(len(mlps))[wanted])], dim=1)
         params = [p for mlp in mlps for p in mlp.parameters()]
+        layers = self._stacked_of.get(params, lambda: _stack(list(mlps)))
+        layers = [(weight[wanted], bias[wanted]) for weight, bias in layers]
+        return _stacked_mlp(tokens.transpose(0, 1), layers, mlps[0].act).transpose(0, 1)
 
-        def stack():  # per layer: weights (K, in, out), biases (K, 1, out)
-            return [(torch.stack([mlp.layers[i].weight.t() for mlp in mlps]).contiguous(),
-                     torch.stack([mlp.layers[i].bias for mlp in mlps])[:, None])
-                    for i in range(len(mlps[0].layers))]
-
-        x = tokens.transpose(0, 1)  # (K', B, C)
-        layers = self._stacked_of.get(params, stack)
-        for i, (weight, bias) in enumerate(layers):
-            x = torch.baddbmm(bias[wanted], x, weight[wanted])
-            if i < len(layers) - 1:
-                x = mlps[0].act(x)
-        return x.transpose(0, 1)
+    def _iou(self, token: torch.Tensor) -> torch.Tensor:
+        """The IoU head on the IoU token's outputs ``(B, C)``: ``(B, K)``. Without gradients
+        as :meth:`_hypernetworks` computes its MLPs (its weights stacked once and kept)."""
+        head = self.iou_prediction_head
+        if torch.is_grad_enabled():
+            return head(token)
+        layers = self._iou_of.get(list(head.parameters()), lambda: _stack([head]))
+        iou = _stacked_mlp(token[None], layers, head.act)[0]
+        return torch.sigmoid(iou) if head.sigmoid_output else iou
 
     def keep_image(self, image_embed, image_pe, no_mask, high_res_features=None, image_offset=None) -> None:
         """Make now, and keep for the prompts that follow, what decoding a prompt computes
@@ -371,6 +395,7 @@ class MaskDecoder(nn.Module):
         self._image_of.clear()
         self._pe_of.clear()
         self._stacked_of.clear()
+        self._iou_of.clear()
         self._deconv_of.clear()
         self._quantized_of.clear()
         super()._load_from_state_dict(*args, **kwargs)
