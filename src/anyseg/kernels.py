@@ -339,7 +339,7 @@ def rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu:
     k, _, n = x.shape
     assert weight.shape[:2] == (k, n) and bias.shape == (k, 1, weight.shape[2]), "mismatched layer shapes"
     out = torch.empty(k, x.shape[1], weight.shape[2])
-    _run("rows_linear", x.shape[0] * x.shape[1], x.contiguous(), weight.contiguous(), bias.contiguous(), relu, out)
+    _run("rows_linear", k * x.shape[1], x.contiguous(), weight.contiguous(), bias.contiguous(), relu, out)
     return out
 
 

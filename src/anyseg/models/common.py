@@ -243,37 +243,41 @@ if not torch.backends.mkldnn.is_available():
     _onednn_linear = None
 
 
-def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether :func:`linear` takes oneDNN's kernel (the cheap, most often false tests first:
-    a click's products have few rows)."""
+def _onednn_rows(x: torch.Tensor) -> bool:
+    """Whether oneDNN's linear kernel may take a product of ``x`` ``(..., K)`` at all: at least
+    :data:`ONEDNN_ROWS` fp32 / bf16 rows on the CPU, no gradients, not while torch's compiler
+    traces (it lowers the kernel for constant weights only). The cheap, most often false
+    tests first: a click's products have few rows."""
     return (
         _onednn_linear is not None
         and x.numel() >= ONEDNN_ROWS * x.shape[-1]
         and x.dtype in (torch.float32, torch.bfloat16)
-        and weight.dtype == x.dtype
-        and (bias is None or bias.dtype == x.dtype)
         and x.device.type == "cpu"
         and not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu")  # see _autocast_onednn_applies
-        and not torch.compiler.is_compiling()  # torch's compiler lowers it for constant weights only
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether :func:`linear` takes oneDNN's kernel: :func:`_onednn_rows`, weights of
+    ``x``'s type, outside autocast (see :func:`_autocast_onednn_applies`)."""
+    return (
+        _onednn_rows(x)
+        and weight.dtype == x.dtype
+        and (bias is None or bias.dtype == x.dtype)
+        and not torch.is_autocast_enabled("cpu")
     )
 
 
 def _autocast_onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :class:`Linear` computes ``x`` times its float32 ``weight`` through oneDNN's
     linear kernel in bf16 under the CPU's bf16 autocast (the bf16 and int8 precisions'
-    encodes, the video tracker's memory layers), for products of at least
-    :data:`ONEDNN_ROWS` rows without gradients."""
+    encodes, the video tracker's memory layers): :func:`_onednn_rows`."""
     return (
-        _onednn_linear is not None
-        and x.numel() >= ONEDNN_ROWS * x.shape[-1]
-        and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.bfloat16)
+        _onednn_rows(x)
         and weight.dtype == torch.float32
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
     )
 
 
