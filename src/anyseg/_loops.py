@@ -407,6 +407,226 @@ def rows_linear(start, stop, x, weight, bias, relu, out):
                 o[j] = np.float32(0) if o[j] < 0 else o[j]
 
 
+# The token side of the mask decoder's two-way transformer (kernels.token_*): a prompt's
+# few tokens, float32. Each attention's parameters come as one packed vector
+# (kernels.attention_pack); products are sums along the inputs, in any order.
+
+
+@numba.njit(inline="always")
+def _affine(x, weight, bias, out):
+    """``out[t, o] = x[t] . weight[o] + bias[o]``: ``x`` ``(T, n)``, ``weight`` ``(m, n)`` (a
+    linear layer's), ``out`` ``(T, m)``. Each weight row is read once, for all T rows."""
+    for o in range(weight.shape[0]):
+        w = weight[o]
+        for t in range(x.shape[0]):
+            xt = x[t]
+            acc = np.float32(0)
+            for i in range(w.shape[0]):
+                acc += xt[i] * w[i]
+            out[t, o] = acc + bias[o]
+
+
+@numba.njit(inline="always")
+def _norm_into(x, weight, bias, eps, out):
+    """``out`` = the layer norm of the rows of ``x`` ``(T, C)`` (two passes for the
+    statistics)."""
+    n = np.float32(x.shape[1])
+    for t in range(x.shape[0]):
+        xt, o = x[t], out[t]
+        total = np.float32(0)
+        for v in xt:
+            total += v
+        mean = total / n
+        total = np.float32(0)
+        for v in xt:
+            total += (v - mean) * (v - mean)
+        inv = np.float32(1) / np.sqrt(total / n + eps)
+        for i in range(x.shape[1]):
+            o[i] = (xt[i] - mean) * inv * weight[i] + bias[i]
+
+
+@numba.njit(inline="always")
+def _attention_views(pack, c, d):
+    """The parameters in ``pack`` (:func:`anyseg.kernels.attention_pack`) of an attention
+    of width ``c`` and internal width ``d``: ``q``, ``k``, ``v`` weights ``(d, c)`` and biases,
+    the output weight ``(c, d)``, its bias, its transpose ``(d, c)``, then a norm's weight
+    and bias."""
+    sizes = (d * c, d, d * c, d, d * c, d, c * d, c, d * c, c, c)
+    parts = []
+    i = 0
+    for n in sizes:
+        parts.append(pack[i:i + n])
+        i += n
+    return (parts[0].reshape((d, c)), parts[1], parts[2].reshape((d, c)), parts[3], parts[4].reshape((d, c)), parts[5],
+            parts[6].reshape((c, d)), parts[7], parts[8].reshape((d, c)), parts[9], parts[10])
+
+
+@numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
+def token_self_attention(start, stop, x, pe, skip_pe, heads, width, pack, eps, out):
+    """Items ``[start, stop)`` of ``out`` ``(B, T, C)`` = ``norm(x + attn(x + pe, x + pe, x))``
+    for tokens ``x`` and their encoding ``pe`` ``(B, T, C)`` (``skip_pe``: ``norm(attn(x, x,
+    x))``), ``attn`` of ``heads`` heads and internal width ``width``."""
+    t, c = x.shape[1], x.shape[2]
+    wq, bq, wk, bk, wv, bv, wo, bo, _, nw, nb = _attention_views(pack, c, width)
+    dh = width // heads
+    scale = np.float32(dh**-0.5)
+    qin, y = np.empty((t, c), np.float32), np.empty((t, c), np.float32)
+    q, k = np.empty((t, width), np.float32), np.empty((t, width), np.float32)
+    v, o = np.empty((t, width), np.float32), np.empty((t, width), np.float32)
+    s = np.empty(t, np.float32)
+    for b in range(start, stop):
+        xb = x[b]
+        for i in range(t):
+            for j in range(c):
+                qin[i, j] = xb[i, j] if skip_pe else xb[i, j] + pe[b, i, j]
+        _affine(qin, wq, bq, q)
+        _affine(qin, wk, bk, k)
+        _affine(xb, wv, bv, v)
+        for hh in range(heads):
+            lo = hh * dh
+            for i in range(t):
+                top = -np.inf
+                for j in range(t):
+                    acc = np.float32(0)
+                    for e in range(dh):
+                        acc += q[i, lo + e] * k[j, lo + e]
+                    s[j] = acc * scale
+                    top = max(top, s[j])
+                total = np.float32(0)
+                for j in range(t):
+                    s[j] = np.exp(s[j] - top)
+                    total += s[j]
+                o[i, lo:lo + dh] = 0
+                for j in range(t):
+                    p = s[j] / total
+                    for e in range(dh):
+                        o[i, lo + e] += p * v[j, lo + e]
+        _affine(o, wo, bo, y)
+        if not skip_pe:
+            for i in range(t):
+                for j in range(c):
+                    y[i, j] += xb[i, j]
+        _norm_into(y, nw, nb, eps, out[b])
+
+
+@numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
+def token_queries(start, stop, x, pe, heads, width, pack, projected, out):
+    """Items ``[start, stop)`` of a token -> image attention's queries, ``(x + pe) W_q + b_q``
+    per head scaled by ``d^-0.5`` (``d = width / heads``), row ``h T + t`` of ``out`` each:
+    ``projected``, as they are, ``out`` ``(B, heads T, d)``; else folded into the key
+    projection, ``q_h W_k,h`` ``out`` ``(B, heads T, C)``."""
+    t, c = x.shape[1], x.shape[2]
+    wq, bq, wk, _, _, _, _, _, _, _, _ = _attention_views(pack, c, width)
+    dh = width // heads
+    scale = np.float32(dh**-0.5)
+    u, qp = np.empty((t, c), np.float32), np.empty((t, width), np.float32)
+    for b in range(start, stop):
+        for i in range(t):
+            for j in range(c):
+                u[i, j] = x[b, i, j] + pe[b, i, j]
+        _affine(u, wq, bq, qp)
+        for hh in range(heads):
+            lo = hh * dh
+            for i in range(t):
+                row = out[b, hh * t + i]
+                if projected:
+                    for e in range(dh):
+                        row[e] = qp[i, lo + e] * scale
+                    continue
+                row[:] = 0
+                for e in range(dh):
+                    a, w = qp[i, lo + e], wk[lo + e]
+                    for j in range(c):
+                        row[j] += a * w[j]
+                for j in range(c):
+                    row[j] *= scale
+
+
+@numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
+def token_attention_out(start, stop, x, pv, heads, width, pack, projected, eps, out):
+    """Items ``[start, stop)`` of ``out`` ``(B, T, C)`` = ``norm(x + o W_o + b_o)``, where a
+    token -> image attention's per-head results ``o`` come from ``pv`` (row ``h T + t``):
+    ``projected``, ``pv`` ``(B, heads T, d)`` is ``o``; else ``pv`` ``(B, heads T, C)`` is the
+    attention over the unprojected image tokens, ``o_h = pv_h W_v,h^T + b_v,h``."""
+    t, c = x.shape[1], x.shape[2]
+    _, _, _, _, wv, bv, wo, bo, _, nw, nb = _attention_views(pack, c, width)
+    dh = width // heads
+    a, y = np.empty((t, width), np.float32), np.empty((t, c), np.float32)
+    for b in range(start, stop):
+        for hh in range(heads):
+            lo = hh * dh
+            for i in range(t):
+                r = pv[b, hh * t + i]
+                for e in range(dh):
+                    if projected:
+                        a[i, lo + e] = r[e]
+                        continue
+                    w = wv[lo + e]
+                    acc = np.float32(0)
+                    for j in range(c):
+                        acc += r[j] * w[j]
+                    a[i, lo + e] = acc + bv[lo + e]
+        _affine(a, wo, bo, y)
+        for i in range(t):
+            for j in range(c):
+                y[i, j] += x[b, i, j]
+        _norm_into(y, nw, nb, eps, out[b])
+
+
+@numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
+def token_keys(start, stop, x, m, pe, heads, width, pack, projected, eps, out, fold_q, bias, values):
+    """Items ``[start, stop)`` of ``out`` ``(B, T, C)`` = ``norm(x + m)``, and of an image ->
+    token attention's token side for keys ``out + pe`` and values ``out`` (row ``h T + t``
+    each, ``d = width / heads``): its key projections per head scaled by ``d^-0.5``,
+    ``k_h``, as they are in ``fold_q`` ``(B, heads T, d)`` (``projected``), else folded into
+    the query projection, ``fold_q`` ``(B, heads T, C)`` = ``k_h W_q,h`` and ``bias``
+    ``(B, heads T)`` = ``k_h . b_q,h``; and ``values`` ``(B, heads T, C)`` = ``v_h W_o,h^T +
+    b_o / heads``, the value projections folded into the output projection."""
+    t, c = x.shape[1], x.shape[2]
+    wq, bq, wk, bk, wv, bv, _, bo, wot, nw, nb = _attention_views(pack, c, width)
+    dh = width // heads
+    scale = np.float32(dh**-0.5)
+    y, u = np.empty((t, c), np.float32), np.empty((t, c), np.float32)
+    kh, vh = np.empty((t, width), np.float32), np.empty((t, width), np.float32)
+    for b in range(start, stop):
+        for i in range(t):
+            for j in range(c):
+                y[i, j] = x[b, i, j] + m[b, i, j]
+        ob = out[b]
+        _norm_into(y, nw, nb, eps, ob)
+        for i in range(t):
+            for j in range(c):
+                u[i, j] = ob[i, j] + pe[b, i, j]
+        _affine(u, wk, bk, kh)
+        _affine(ob, wv, bv, vh)
+        for hh in range(heads):
+            lo = hh * dh
+            for i in range(t):
+                row = hh * t + i
+                f = fold_q[b, row]
+                if projected:
+                    for e in range(dh):
+                        f[e] = kh[i, lo + e] * scale
+                else:
+                    f[:] = 0
+                    acc = np.float32(0)
+                    for e in range(dh):
+                        a, w = kh[i, lo + e], wq[lo + e]
+                        acc += a * bq[lo + e]
+                        for j in range(c):
+                            f[j] += a * w[j]
+                    for j in range(c):
+                        f[j] *= scale
+                    bias[b, row] = acc * scale
+                vr = values[b, row]
+                for j in range(c):
+                    vr[j] = bo[j] / np.float32(heads)
+                for e in range(dh):
+                    a, w = vh[i, lo + e], wot[lo + e]
+                    for j in range(c):
+                        vr[j] += a * w[j]
+
+
 _COLUMNS = 512  # columns per pass of product_softmax's softmax across rows
 
 

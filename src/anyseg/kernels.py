@@ -3,8 +3,8 @@ operations would pass over large arrays several times (or reorder them element b
 for the bf16 encoders' softmax over short rows, where torch's per-row cost dominates, for
 the int8 linear layers' quantizing and dequantizing passes (each one pass, where torch
 would take several), for a mask prompt's downscaling (float32, where torch takes a
-dozen small operations), and for the mask decoder's small MLPs on a few tokens (where
-torch's per-call cost dominates).
+dozen small operations), and for the mask decoder's small MLPs and its transformer's token
+side on a few tokens (where torch's per-call cost dominates).
 
 The loops are in :mod:`anyseg._loops`, compiled by numba on first use (importing anyseg
 does not import numba; the machine code is cached on disk). Where torch runs on GNU OpenMP
@@ -53,13 +53,12 @@ def _run(name: str, n: int, *args) -> None:
     bf16 one the loop reads as 16-bit words): the team's entries take a tensor's memory as
     it is, which is quicker than making an array of it (this is per call, and a click makes
     a dozen)."""
-    from anyseg import _loops  # compiled (or read from numba's cache) on first use
-
     parts = min(torch.get_num_threads(), n)
     team = _team() if parts > 1 else None
     if team is None:
-        getattr(_loops, name)(0, n, *(_array(arg) if isinstance(arg, torch.Tensor) else arg for arg in args))
+        _run_here(name, n, *args)
         return
+    from anyseg import _loops
     # the descriptor of _loops' team entries: n, parts, the parts counter's address, the arguments
     words, keep = [n, parts, 0], []
     for arg in args:
@@ -80,6 +79,13 @@ def _run(name: str, n: int, *args) -> None:
     descriptor[: len(words)] = words
     descriptor[2] = descriptor.ctypes.data + 8 * 63  # the counter: the last word, zero
     team.GOMP_parallel(getattr(_loops, name + "_team").address, descriptor.ctypes.data, parts, 0)
+
+
+def _run_here(name: str, n: int, *args) -> None:
+    """``loop(0, n, *args)`` on this thread (arguments as :func:`_run`'s)."""
+    from anyseg import _loops  # compiled (or read from numba's cache) on first use
+
+    getattr(_loops, name)(0, n, *(_array(arg) if isinstance(arg, torch.Tensor) else arg for arg in args))
 
 
 PLACEMENT_ENV = ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY")
@@ -361,3 +367,77 @@ def softmax_(x: torch.Tensor, addend: torch.Tensor | None = None) -> torch.Tenso
     extra = _no_rows(torch.bfloat16, n) if addend is None else addend.contiguous().view(-1, n)
     _run("softmax", rows.shape[0], rows, extra)
     return x
+
+
+def tokens_apply(*tensors: torch.Tensor) -> bool:
+    """Whether the token loops below stand in for torch's operations on float32 ``tensors``
+    (as :func:`loops_apply`)."""
+    return loops_apply(*tensors, dtype=torch.float32)
+
+
+def attention_pack(attn: torch.nn.Module, norm: torch.nn.Module) -> np.ndarray:
+    """The parameters of a mask decoder attention ``attn`` (its ``q_proj``, ``k_proj``,
+    ``v_proj`` and ``out_proj`` layers) and of the layer norm ``norm`` of its step, float32,
+    in one vector, as the token loops read them."""
+    layers = (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj)
+    parts = [t for layer in layers for t in (layer.weight, layer.bias)] + [attn.out_proj.weight.t(), norm.weight, norm.bias]
+    return torch.cat([t.detach().float().reshape(-1) for t in parts]).numpy()
+
+
+# The token side of the mask decoder's two-way transformer, for a click's few tokens: each
+# step (an attention's token-side products, its softmax over a few tokens, a residual and a
+# layer norm) is one loop call instead of dozens of torch operations, whose per-call cost is
+# most of their time there. float32, the products summed in another order than torch's.
+
+
+def token_self_attention(x: torch.Tensor, pe: torch.Tensor, skip_pe: bool, attn: torch.nn.Module,
+                         pack: np.ndarray, eps: float) -> torch.Tensor:
+    """``norm(x + attn(x + pe, x + pe, x))`` (``skip_pe``: ``norm(attn(x, x, x))``) for tokens
+    ``x`` and ``pe`` ``(B, T, C)``; ``pack`` of ``attn`` and ``norm`` (:func:`attention_pack`),
+    ``eps`` the norm's: ``(B, T, C)``."""
+    out = torch.empty(x.shape)
+    _run_here("token_self_attention", len(x), x.contiguous(), pe.expand(x.shape).contiguous(), skip_pe,
+              attn.num_heads, attn.internal_dim, pack, np.float32(eps), out)
+    return out
+
+
+def token_queries(x: torch.Tensor, pe: torch.Tensor, attn: torch.nn.Module, pack: np.ndarray,
+                  projected: bool) -> torch.Tensor:
+    """A token -> image attention's queries for tokens ``x + pe`` ``(B, T, C)``, scaled, per
+    head (row ``h T + t``): ``projected``, ``(B, heads T, d)``; else folded into the key
+    projection, ``(B, heads T, C)`` (the scores are their products with the image tokens)."""
+    b, t, c = x.shape
+    h = attn.num_heads
+    out = torch.empty(b, h * t, attn.internal_dim // h if projected else c)
+    _run_here("token_queries", b, x.contiguous(), pe.expand(x.shape).contiguous(), h, attn.internal_dim, pack,
+              projected, out)
+    return out
+
+
+def token_attention_out(x: torch.Tensor, pv: torch.Tensor, attn: torch.nn.Module, pack: np.ndarray,
+                        projected: bool, eps: float) -> torch.Tensor:
+    """``norm(x + attention)`` for tokens ``x`` ``(B, T, C)``, the token -> image attention's
+    output made from ``pv`` (float32, row ``h T + t``): ``projected``, the heads' results
+    ``(B, heads T, d)``; else their attention over the unprojected image tokens ``(B, heads
+    T, C)``."""
+    out = torch.empty(x.shape)
+    _run_here("token_attention_out", len(x), x.contiguous(), pv.contiguous(), attn.num_heads, attn.internal_dim,
+              pack, projected, np.float32(eps), out)
+    return out
+
+
+def token_keys(x: torch.Tensor, m: torch.Tensor, pe: torch.Tensor, attn: torch.nn.Module, pack: np.ndarray,
+               projected: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For tokens ``x``, ``m`` and ``pe`` ``(B, T, C)``: ``y = norm(x + m)`` and an image ->
+    token attention's token side for keys ``y + pe`` and values ``y``, per head (row ``h T +
+    t``): the scaled key projections ``(B, heads T, d)`` (``projected``) or those folded into
+    the query projection ``(B, heads T, C)`` with their bias ``(B, heads T)``, and the value
+    projections folded into the output projection ``(B, heads T, C)`` (its bias shared out).
+    Returns ``(y, keys, bias, values)``."""
+    b, t, c = x.shape
+    h = attn.num_heads
+    out, bias, values = torch.empty(x.shape), torch.empty(b, h * t), torch.empty(b, h * t, c)
+    keys = torch.empty(b, h * t, attn.internal_dim // h if projected else c)
+    _run_here("token_keys", b, x.contiguous(), m.contiguous(), pe.expand(x.shape).contiguous(), h, attn.internal_dim,
+              pack, projected, np.float32(eps), out, keys, bias, values)
+    return out, keys, bias, values

@@ -16,12 +16,20 @@ reduced type (per-call weight packing) than they save. The token MLPs are the ex
 their 2 x 256 x 2048 weights are most of what a click reads, in a reduced type half as
 many bytes, which pays (a decoder's reduced copy keeps them so, ``MaskDecoder.copy_in``).
 Token-side results are cast to the image type where they meet the image, and back.
+
+Each attention is written as its token-side steps (:func:`self_attention`,
+:func:`image_queries`, :func:`attention_out`, :func:`token_keys`) and its image-side ones
+(:func:`attend_image`, :func:`attend_projected`, :func:`update_image`). On the CPU without
+gradients each token-side step is one compiled loop (``kernels.token_*``): in torch it is a
+dozen or more operations on a few vectors each, whose per-call costs were most of a click's
+transformer time after its five large products.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,80 +75,149 @@ def int8_softmax(rows: torch.Tensor, keys: Int8Keys, bias: torch.Tensor | None =
     return kernels.product_softmax(int8_mm(q, keys.values.t()), scale, keys.scale, bias, group)
 
 
-def tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    k_int8: Int8Keys | None = None) -> torch.Tensor:
-    """``attn(q, k, v)`` for few queries ``(B, T, C)`` and many keys/values ``(B, N, C)``.
+def self_attention(attn: Attention, norm: nn.LayerNorm, x: torch.Tensor, pe: torch.Tensor, skip_pe: bool,
+                   pack: np.ndarray | None) -> torch.Tensor:
+    """``norm(x + attn(x + pe, x + pe, x))`` for tokens ``x`` and their encoding ``pe`` ``(B,
+    T, C)`` (``skip_pe``: ``norm(attn(x, x, x))``), by the token loop where ``pack`` is given
+    (:func:`~anyseg.kernels.attention_pack` of ``attn`` and ``norm``)."""
+    if pack is not None:
+        return kernels.token_self_attention(x, pe, skip_pe, attn, pack, norm.eps)
+    if skip_pe:
+        return norm(attn(x, x, x))
+    q = x + pe
+    return norm(x + attn(q, q, x))
 
-    Per head h: ``softmax((q W_q + b_q) (k W_k + b_k)^T / sqrt(d)) (v W_v + b_v)`` equals
-    ``softmax(((q W_q + b_q) W_k^T) k^T / sqrt(d)) v W_v + b_v`` (the ``b_k`` term is constant
-    along the softmax axis, and attention rows sum to one), so the image side is never
-    projected. ``k_int8``: ``k`` (one image's) as :class:`Int8Keys`, for the scores in int8.
-    """
-    b, t, c = q.shape
+
+def image_queries(attn: Attention, x: torch.Tensor, pe: torch.Tensor, projected: bool,
+                  pack: np.ndarray | None) -> torch.Tensor:
+    """The queries of a token -> image attention ``attn`` for tokens ``x + pe`` ``(B, T, C)``,
+    ``(x + pe) W_q + b_q`` per head scaled by ``d^-0.5``, float32, row ``h T + t``:
+    ``projected`` (the image side is: see :func:`attend_projected`), ``(B, h T, d)``; else
+    ``(B, h T, C)``, folded into the key projection (see :func:`attend_image`). By the token
+    loop where ``pack`` is given."""
+    if pack is not None:
+        return kernels.token_queries(x, pe, attn, pack, projected)
+    b, t, c = x.shape
     h = attn.num_heads
     d = attn.internal_dim // h
-    qh = attn.q_proj(q).reshape(b, t, h, d)
-    qk = per_head(qh, attn.k_proj.weight.reshape(h, d, c)) * d**-0.5
-    qk = qk.reshape(b, h * t, c)
+    q = attn.q_proj(x + pe)
+    if projected:
+        return attn.split_heads(q * d**-0.5).reshape(b, h * t, d)
+    qk = per_head(q.reshape(b, t, h, d), attn.k_proj.weight.reshape(h, d, c)) * d**-0.5
+    return qk.reshape(b, h * t, c)
+
+
+def attend_image(qk: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_int8: Int8Keys | None = None) -> torch.Tensor:
+    """The image side of a token -> image attention with many keys/values ``k``, ``v`` ``(B,
+    N, C)``: per head h, ``softmax(q_h (k W_k,h + b_k,h)^T) (v W_v,h + b_v,h)`` equals
+    ``softmax(q_h W_k,h^T k^T) v W_v,h + b_v,h`` (the ``b_k`` term is constant along the
+    softmax axis, and attention rows sum to one), so the image side is never projected: from
+    the queries folded into the key projection ``qk`` ``(B, h T, C)`` (:func:`image_queries`)
+    this computes ``softmax(qk k^T) v`` ``(B, h T, C)`` float32, which
+    :func:`attention_out` projects. ``k_int8``: ``k`` (one image's) as :class:`Int8Keys`,
+    for the scores in int8."""
     if k_int8 is not None:
         probs = int8_softmax(qk[0], k_int8)[None]
     elif k.dtype == torch.float32:
         probs = softmax_(qk @ k.transpose(1, 2), dim=-1)  # (B, hT, N)
     else:  # bf16/fp16 product kernels want the N rows first (3x faster on AMX CPUs)
         probs = softmax_(torch.bmm(k, qk.to(k.dtype).transpose(1, 2)).transpose(1, 2).contiguous(), dim=-1)
-    pv = (probs @ v).reshape(b, h, t, c).to(q.dtype)
-    out = per_head(pv.transpose(1, 2), attn.v_proj.weight.reshape(h, d, c).transpose(1, 2)).transpose(1, 2)
-    out = out + attn.v_proj.bias.reshape(h, d)
-    return attn.out_proj(out.reshape(b, t, h * d))
+    return (probs @ v).float()
 
 
-def tokens_to_projected_image(attn: Attention, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
-    """``attn(q, k, v)`` for queries ``(B, T, C)`` when the image side is already projected
-    per head: ``keys`` = ``k W_k + b_k`` as ``(h, d, N)``, ``values`` = ``v W_v + b_v`` as
-    ``(h, N, d)`` (the layouts the two products read)."""
-    d = keys.shape[1]
-    qh = attn.split_heads(attn.q_proj(q) * d**-0.5).to(keys.dtype)  # (B, h, T, d)
-    out = softmax_(qh @ keys, dim=-1) @ values
-    return attn.out_proj(attn.merge_heads(out).to(q.dtype))
+def attend_projected(qh: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The image side of a token -> image attention whose image side is already projected per
+    head: ``keys`` = ``k W_k + b_k`` as ``(h, d, N)``, ``values`` = ``v W_v + b_v`` as ``(h, N,
+    d)`` (the layouts the two products read), the queries ``qh`` ``(B, h T, d)``
+    (:func:`image_queries`): the heads' results ``(B, h T, d)`` float32."""
+    h, d, _ = keys.shape
+    b = qh.shape[0]
+    qh = qh.reshape(b, h, -1, d).to(keys.dtype)
+    return (softmax_(qh @ keys, dim=-1) @ values).reshape(b, -1, d).float()
 
 
-def image_to_tokens(attn: Attention, q: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor,
-                    residual: torch.Tensor, q_projected: torch.Tensor | None = None,
-                    in_place: bool = False, q_int8: Int8Keys | None = None) -> torch.Tensor:
-    """``residual + attn(q, k, v)`` for many queries ``(B, N, C)`` and few keys/values
-    ``(B, T, C)``; ``residual`` ``(B, N, C)``.
+def attention_out(attn: Attention, norm: nn.LayerNorm, x: torch.Tensor, pv: torch.Tensor, projected: bool,
+                  pack: np.ndarray | None) -> torch.Tensor:
+    """``norm(x + attn(...))`` for tokens ``x`` ``(B, T, C)``, a token -> image attention's
+    output from the result of :func:`attend_projected` (``projected``) or of
+    :func:`attend_image`: the values' projection then ``out_proj``. By the token loop where
+    ``pack`` is given."""
+    if pack is not None:
+        return kernels.token_attention_out(x, pv, attn, pack, projected, norm.eps)
+    b, t, c = x.shape
+    h = attn.num_heads
+    d = attn.internal_dim // h
+    if projected:
+        out = attn.merge_heads(pv.reshape(b, h, t, d))
+    else:
+        pv = pv.reshape(b, h, t, c)
+        out = per_head(pv.transpose(1, 2), attn.v_proj.weight.reshape(h, d, c).transpose(1, 2)).transpose(1, 2)
+        out = (out + attn.v_proj.bias.reshape(h, d)).reshape(b, t, h * d)
+    return norm(x + attn.out_proj(out))
+
+
+def token_keys(attn: Attention, norm: nn.LayerNorm, x: torch.Tensor, m: torch.Tensor, pe: torch.Tensor, projected: bool,
+               pack: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The token side of an image -> token attention ``attn`` whose keys are ``y + pe`` and
+    values ``y = norm(x + m)`` (tokens ``(B, T, C)``), for :func:`update_image`: ``(y, keys,
+    bias, values)``, per head, row ``h T + t``:
+
+    - ``keys``: the key projections ``k_h = (y + pe) W_k,h + b_k,h`` scaled by ``d^-0.5``,
+      ``(B, h T, d)`` where the image side is ``projected``; else folded into the query
+      projection, ``k_h W_q,h`` ``(B, h T, C)``, with ``bias`` ``(B, h T)`` = ``k_h . b_q,h``
+      (None where projected);
+    - ``values``: the value projections folded into the output projection, ``v_h W_o,h^T``
+      ``(B, h T, C)``, with the output bias shared out among the heads (``b_o / h``: each
+      head's attention rows sum to one).
+
+    By the token loop where ``pack`` is given."""
+    if pack is not None:
+        y, keys, bias, values = kernels.token_keys(x, m, pe, attn, pack, projected, norm.eps)
+        return y, keys, None if projected else bias, values
+    b, t, c = x.shape
+    h = attn.num_heads
+    d = attn.internal_dim // h
+    y = norm(x + m)
+    kh = attn.k_proj(y + pe).reshape(b, t, h, d)
+    if projected:
+        keys, bias = (kh.permute(0, 2, 1, 3) * d**-0.5).reshape(b, h * t, d), None
+    else:
+        keys = (per_head(kh, attn.q_proj.weight.reshape(h, d, c)) * d**-0.5).reshape(b, h * t, c)
+        bias = (per_head(kh, attn.q_proj.bias.reshape(h, d, 1)) * d**-0.5).reshape(b, h * t)
+    vh = attn.v_proj(y).reshape(b, t, h, d)
+    values = per_head(vh, attn.out_proj.weight.reshape(c, h, d).permute(1, 2, 0)) + attn.out_proj.bias / h
+    return y, keys, bias, values.reshape(b, h * t, c)
+
+
+def update_image(heads: int, keys: torch.Tensor, bias: torch.Tensor | None, values: torch.Tensor,
+                 q: torch.Tensor | None, residual: torch.Tensor, q_projected: torch.Tensor | None = None,
+                 in_place: bool = False, q_int8: Int8Keys | None = None) -> torch.Tensor:
+    """``residual + attn(q, k, v)`` for many image queries ``q`` ``(B, N, C)`` and a few
+    tokens' keys/values, from their token side (:func:`token_keys`, ``heads`` heads);
+    ``residual`` ``(B, N, C)``.
 
     The query projection is folded into the keys (``W_q^T k_h`` per head and token) and the
     output projection into the values (``v_h W_o^T``), so the N image positions meet only
-    ``h * T`` vectors on each side. Each head's attention rows sum to one, so the output
-    bias is folded into the values too (``b_o / h`` per head) and the product accumulates
-    straight into the residual (``in_place``: into ``residual`` itself, which is returned).
-    ``q_projected``: the queries ``q W_q + b_q`` per head, ``(h, d, N)``, when already known
-    (then ``q`` is not read). ``q_int8``: ``q`` (one image's) as :class:`Int8Keys`, for the
-    scores in int8. The scores are laid out
-    ``(B, h, T, N)``: the softmax over the few keys then runs along a long contiguous axis
-    (on a short last axis it is several times slower).
+    ``h T`` vectors on each side, and the product accumulates straight into the residual
+    (``in_place``: into ``residual`` itself, which is returned). ``q_projected``: the
+    queries ``q W_q + b_q`` per head, ``(h, d, N)``, when already known (then ``q`` is not
+    read, and ``keys`` are the key projections). ``q_int8``: ``q`` (one image's) as
+    :class:`Int8Keys`, for the scores in int8. The scores are laid out ``(B, h, T, N)``: the
+    softmax over the few keys then runs along a long contiguous axis (on a short last axis
+    it is several times slower).
     """
-    b, t, c = k.shape
-    h = attn.num_heads
-    d = attn.internal_dim // h
-    scale = d**-0.5
+    b, ht, _ = keys.shape
+    t = ht // heads
     dtype = residual.dtype  # the image side's
-    kh = attn.k_proj(k).reshape(b, t, h, d)
-    if q_projected is None:
-        fold_q = (per_head(kh, attn.q_proj.weight.reshape(h, d, c)) * scale).reshape(b, h * t, c)
-        bias = (per_head(kh, attn.q_proj.bias.reshape(h, d, 1)) * scale).reshape(b, h * t, 1)  # (B, hT, 1)
-        if q_int8 is not None:
-            probs = int8_softmax(fold_q[0], q_int8, bias.reshape(-1), group=t)[None]
-        else:
-            scores = torch.baddbmm(bias.to(dtype), fold_q.to(dtype), q.transpose(1, 2))
-            probs = softmax_(scores.reshape(b, h, t, -1), dim=2).reshape(b, h * t, -1)  # (B, hT, N)
-    else:  # (B, h, T, d) @ (h, d, N)
-        scores = (kh.permute(0, 2, 1, 3) * scale).to(dtype) @ q_projected
-        probs = softmax_(scores, dim=2).reshape(b, h * t, -1)
-    vh = attn.v_proj(v).reshape(b, t, h, d)
-    fold_o = per_head(vh, attn.out_proj.weight.reshape(c, h, d).permute(1, 2, 0)) + attn.out_proj.bias / h
-    values = fold_o.reshape(b, h * t, c).to(dtype)
+    if q_projected is not None:  # (B, h, T, d) @ (h, d, N)
+        scores = keys.reshape(b, heads, t, -1).to(dtype) @ q_projected
+        probs = softmax_(scores, dim=2).reshape(b, ht, -1)
+    elif q_int8 is not None:
+        probs = int8_softmax(keys[0], q_int8, bias[0], group=t)[None]
+    else:
+        scores = torch.baddbmm(bias[..., None].to(dtype), keys.to(dtype), q.transpose(1, 2))
+        probs = softmax_(scores.reshape(b, heads, t, -1), dim=2).reshape(b, ht, -1)  # (B, hT, N)
+    values = values.to(dtype)
     if in_place:
         return residual.baddbmm_(probs.transpose(1, 2), values)
     return torch.baddbmm(residual, probs.transpose(1, 2), values)
@@ -191,9 +268,11 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(dim, num_heads, downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
         self._packed_of = LastResult()  # the token MLP's weights laid out for oneDNN, see _mlp
+        self._packs_of = LastResult()  # the token steps' parameters for the token loops, see token_packs
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._packed_of.clear()  # the kept weights are the old ones
+        self._packs_of.clear()
         super()._load_from_state_dict(*args, **kwargs)
 
     def project_image(self, keys: torch.Tensor, key_pe: torch.Tensor) -> ImageProjections:
@@ -241,6 +320,15 @@ class TwoWayAttentionBlock(nn.Module):
         first, second = (self.mlp.lin1, self.mlp.lin2) if isinstance(self.mlp, MLPBlock) else self.mlp.layers
         return relu_mlp(x.to(first.weight.dtype), first, second, self._packed_of).to(x.dtype)
 
+    def token_packs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The parameters of the block's three token steps for the token loops
+        (:func:`~anyseg.kernels.attention_pack`: self-attention and ``norm1``, token -> image
+        attention and ``norm2``, ``norm3`` and image -> token attention), made once and kept."""
+        steps = ((self.self_attn, self.norm1), (self.cross_attn_token_to_image, self.norm2),
+                 (self.cross_attn_image_to_token, self.norm3))
+        params = [p for attn, norm in steps for module in (attn, norm) for p in module.parameters()]
+        return self._packs_of.get(params, lambda: tuple(kernels.attention_pack(*step) for step in steps))
+
     def forward(self, queries, keys, query_pe, key_pe, projected: ImageProjections | None = None,
                 own_keys: bool = False, keys_pe: torch.Tensor | None = None, keys_int8: Int8Keys | None = None,
                 int8: bool = False):
@@ -249,27 +337,25 @@ class TwoWayAttentionBlock(nn.Module):
         (else None). ``projected``: :meth:`project_image` of ``keys``, when known.
         ``own_keys``: ``keys`` may be overwritten (an earlier block's output, no gradients
         recorded). ``keys_pe``: ``keys + key_pe``, when known; ``keys_int8``: it as
-        :class:`Int8Keys`, for the attention scores in int8."""
-        if self.skip_first_layer_pe:
-            queries = self.self_attn(queries, queries, queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self.self_attn(q, q, queries)
-        queries = self.norm1(queries)
-
+        :class:`Int8Keys`, for the attention scores in int8. The token side runs in the
+        token loops where they apply (float32 tokens on the CPU, no gradients)."""
+        packs = self.token_packs() if kernels.tokens_apply(queries, query_pe) else (None, None, None)
         t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        queries = self_attention(self.self_attn, self.norm1, queries, query_pe, self.skip_first_layer_pe, packs[0])
+
+        qk = image_queries(t2i, queries, query_pe, projected is not None, packs[1])
         if projected is None:
             k = keys + key_pe if keys_pe is None else keys_pe
-            attn = tokens_to_image(t2i, queries + query_pe, k, keys, keys_int8)
+            pv = attend_image(qk, k, keys, keys_int8)
         else:
             k = None
-            attn = tokens_to_projected_image(t2i, queries + query_pe, projected.keys, projected.values)
-        queries = self.norm2(queries + attn)
-        queries = self.norm3(queries + self._mlp(queries))
+            pv = attend_projected(qk, projected.keys, projected.values)
+        queries = attention_out(t2i, self.norm2, queries, pv, projected is not None, packs[1])
 
-        q = queries + query_pe
+        m = self._mlp(queries)
+        queries, tk, bias, values = token_keys(i2t, self.norm3, queries, m, query_pe, projected is not None, packs[2])
         q_projected = None if projected is None else projected.queries
-        attn = image_to_tokens(i2t, k, q, queries, keys, q_projected, in_place=own_keys, q_int8=keys_int8)
+        attn = update_image(i2t.num_heads, tk, bias, values, k, keys, q_projected, in_place=own_keys, q_int8=keys_int8)
         return (queries, *norm_plus(self.norm4, attn, key_pe, int8))
 
 
@@ -286,6 +372,11 @@ class TwoWayTransformer(nn.Module):
         # the attention scores against the image after the first block in int8 (a decoder's
         # int8 copy, MaskDecoder.copy_in): for one image's bf16 tokens on the CPU
         self.int8_scores = False
+        self._pack_of = LastResult()  # the final attention's parameters for the token loops
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._pack_of.clear()  # the kept parameters are the old ones
+        super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, keys: torch.Tensor, key_pe: torch.Tensor, tokens: torch.Tensor,
                 projected: ImageProjections | None = None, rows: list[int] | None = None):
@@ -304,5 +395,10 @@ class TwoWayTransformer(nn.Module):
                 own_keys=i > 0 and not torch.is_grad_enabled(), keys_pe=keys_pe, keys_int8=keys_int8, int8=int8)
         if rows is not None and len(rows) < tokens.shape[1]:
             queries, tokens = queries[:, rows], tokens[:, rows]
-        attn = tokens_to_image(self.final_attn_token_to_image, queries + tokens, keys_pe, keys, keys_int8)
-        return self.norm_final_attn(queries + attn), keys
+        final, norm = self.final_attn_token_to_image, self.norm_final_attn
+        pack = None
+        if kernels.tokens_apply(queries, tokens):
+            params = [*final.parameters(), *norm.parameters()]
+            pack = self._pack_of.get(params, lambda: kernels.attention_pack(final, norm))
+        pv = attend_image(image_queries(final, queries, tokens, False, pack), keys_pe, keys, keys_int8)
+        return attention_out(final, norm, queries, pv, False, pack), keys
