@@ -53,12 +53,13 @@ def _run(name: str, n: int, *args) -> None:
     bf16 one the loop reads as 16-bit words): the team's entries take a tensor's memory as
     it is, which is quicker than making an array of it (this is per call, and a click makes
     a dozen)."""
+    from anyseg import _loops  # compiled (or read from numba's cache) on first use
+
     parts = min(torch.get_num_threads(), n)
     team = _team() if parts > 1 else None
     if team is None:
-        _run_here(name, n, *args)
+        getattr(_loops, name)(0, n, *(_array(arg) if isinstance(arg, torch.Tensor) else arg for arg in args))
         return
-    from anyseg import _loops
     # the descriptor of _loops' team entries: n, parts, the parts counter's address, the arguments
     words, keep = [n, parts, 0], []
     for arg in args:
@@ -79,13 +80,6 @@ def _run(name: str, n: int, *args) -> None:
     descriptor[: len(words)] = words
     descriptor[2] = descriptor.ctypes.data + 8 * 63  # the counter: the last word, zero
     team.GOMP_parallel(getattr(_loops, name + "_team").address, descriptor.ctypes.data, parts, 0)
-
-
-def _run_here(name: str, n: int, *args) -> None:
-    """``loop(0, n, *args)`` on this thread (arguments as :func:`_run`'s)."""
-    from anyseg import _loops  # compiled (or read from numba's cache) on first use
-
-    getattr(_loops, name)(0, n, *(_array(arg) if isinstance(arg, torch.Tensor) else arg for arg in args))
 
 
 PLACEMENT_ENV = ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY")
@@ -375,12 +369,21 @@ def tokens_apply(*tensors: torch.Tensor) -> bool:
     return loops_apply(*tensors, dtype=torch.float32)
 
 
+def attention_params(attn: torch.nn.Module, norm: torch.nn.Module) -> list[torch.Tensor]:
+    """The parameters of a mask decoder attention ``attn`` (the weight and bias of its
+    ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj``) and of the layer norm ``norm`` of its
+    step, read from the modules' own tables (a click reads them for each step: through
+    ``nn.Module``'s attribute lookup that took 10 us a step, through ``parameters()`` 8 us
+    more)."""
+    layers = [attn._modules[name] for name in ("q_proj", "k_proj", "v_proj", "out_proj")] + [norm]
+    return [layer._parameters[name] for layer in layers for name in ("weight", "bias")]
+
+
 def attention_pack(attn: torch.nn.Module, norm: torch.nn.Module) -> np.ndarray:
-    """The parameters of a mask decoder attention ``attn`` (its ``q_proj``, ``k_proj``,
-    ``v_proj`` and ``out_proj`` layers) and of the layer norm ``norm`` of its step, float32,
-    in one vector, as the token loops read them."""
-    layers = (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj)
-    parts = [t for layer in layers for t in (layer.weight, layer.bias)] + [attn.out_proj.weight.t(), norm.weight, norm.bias]
+    """:func:`attention_params` float32 in one vector, as the token loops read them, with the
+    output weight also transposed (after its bias)."""
+    parts = attention_params(attn, norm)
+    parts.insert(8, attn.out_proj.weight.t())
     return torch.cat([t.detach().float().reshape(-1) for t in parts]).numpy()
 
 
@@ -390,15 +393,30 @@ def attention_pack(attn: torch.nn.Module, norm: torch.nn.Module) -> np.ndarray:
 # most of their time there. float32, the products summed in another order than torch's.
 
 
+def _floats(t: torch.Tensor, shape: torch.Size | None = None) -> np.ndarray:
+    """A float32 CPU tensor without gradients (broadcast to ``shape``) as a contiguous array:
+    the token loops' inputs, each call's few microseconds of conversions kept short."""
+    if shape is not None and t.shape != shape:
+        t = t.expand(shape)
+    return t.contiguous().numpy()
+
+
+def _token_loop(name: str, b: int, *args) -> None:
+    """The token loop ``name`` over the ``b`` items, on this thread (a few tokens each)."""
+    from anyseg import _loops
+
+    getattr(_loops, name)(0, b, *args)
+
+
 def token_self_attention(x: torch.Tensor, pe: torch.Tensor, skip_pe: bool, attn: torch.nn.Module,
                          pack: np.ndarray, eps: float) -> torch.Tensor:
     """``norm(x + attn(x + pe, x + pe, x))`` (``skip_pe``: ``norm(attn(x, x, x))``) for tokens
     ``x`` and ``pe`` ``(B, T, C)``; ``pack`` of ``attn`` and ``norm`` (:func:`attention_pack`),
     ``eps`` the norm's: ``(B, T, C)``."""
-    out = torch.empty(x.shape)
-    _run_here("token_self_attention", len(x), x.contiguous(), pe.expand(x.shape).contiguous(), skip_pe,
-              attn.num_heads, attn.internal_dim, pack, np.float32(eps), out)
-    return out
+    out = np.empty(x.shape, np.float32)
+    _token_loop("token_self_attention", len(x), _floats(x), _floats(pe, x.shape), skip_pe, attn.num_heads,
+                attn.internal_dim, pack, np.float32(eps), out)
+    return torch.from_numpy(out)
 
 
 def token_queries(x: torch.Tensor, pe: torch.Tensor, attn: torch.nn.Module, pack: np.ndarray,
@@ -408,10 +426,9 @@ def token_queries(x: torch.Tensor, pe: torch.Tensor, attn: torch.nn.Module, pack
     projection, ``(B, heads T, C)`` (the scores are their products with the image tokens)."""
     b, t, c = x.shape
     h = attn.num_heads
-    out = torch.empty(b, h * t, attn.internal_dim // h if projected else c)
-    _run_here("token_queries", b, x.contiguous(), pe.expand(x.shape).contiguous(), h, attn.internal_dim, pack,
-              projected, out)
-    return out
+    out = np.empty((b, h * t, attn.internal_dim // h if projected else c), np.float32)
+    _token_loop("token_queries", b, _floats(x), _floats(pe, x.shape), h, attn.internal_dim, pack, projected, out)
+    return torch.from_numpy(out)
 
 
 def token_attention_out(x: torch.Tensor, pv: torch.Tensor, attn: torch.nn.Module, pack: np.ndarray,
@@ -420,10 +437,10 @@ def token_attention_out(x: torch.Tensor, pv: torch.Tensor, attn: torch.nn.Module
     output made from ``pv`` (float32, row ``h T + t``): ``projected``, the heads' results
     ``(B, heads T, d)``; else their attention over the unprojected image tokens ``(B, heads
     T, C)``."""
-    out = torch.empty(x.shape)
-    _run_here("token_attention_out", len(x), x.contiguous(), pv.contiguous(), attn.num_heads, attn.internal_dim,
-              pack, projected, np.float32(eps), out)
-    return out
+    out = np.empty(x.shape, np.float32)
+    _token_loop("token_attention_out", len(x), _floats(x), _floats(pv), attn.num_heads, attn.internal_dim, pack,
+                projected, np.float32(eps), out)
+    return torch.from_numpy(out)
 
 
 def token_keys(x: torch.Tensor, m: torch.Tensor, pe: torch.Tensor, attn: torch.nn.Module, pack: np.ndarray,
@@ -436,8 +453,8 @@ def token_keys(x: torch.Tensor, m: torch.Tensor, pe: torch.Tensor, attn: torch.n
     Returns ``(y, keys, bias, values)``."""
     b, t, c = x.shape
     h = attn.num_heads
-    out, bias, values = torch.empty(x.shape), torch.empty(b, h * t), torch.empty(b, h * t, c)
-    keys = torch.empty(b, h * t, attn.internal_dim // h if projected else c)
-    _run_here("token_keys", b, x.contiguous(), m.contiguous(), pe.expand(x.shape).contiguous(), h, attn.internal_dim,
-              pack, projected, np.float32(eps), out, keys, bias, values)
-    return out, keys, bias, values
+    out, bias, values = (np.empty(shape, np.float32) for shape in ((b, t, c), (b, h * t), (b, h * t, c)))
+    keys = np.empty((b, h * t, attn.internal_dim // h if projected else c), np.float32)
+    _token_loop("token_keys", b, _floats(x), _floats(m), _floats(pe, x.shape), h, attn.internal_dim, pack, projected,
+                np.float32(eps), out, keys, bias, values)
+    return tuple(torch.from_numpy(a) for a in (out, keys, bias, values))

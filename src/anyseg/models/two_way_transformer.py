@@ -326,7 +326,7 @@ class TwoWayAttentionBlock(nn.Module):
         attention and ``norm2``, ``norm3`` and image -> token attention), made once and kept."""
         steps = ((self.self_attn, self.norm1), (self.cross_attn_token_to_image, self.norm2),
                  (self.cross_attn_image_to_token, self.norm3))
-        params = [p for attn, norm in steps for module in (attn, norm) for p in module.parameters()]
+        params = [p for step in steps for p in kernels.attention_params(*step)]
         return self._packs_of.get(params, lambda: tuple(kernels.attention_pack(*step) for step in steps))
 
     def forward(self, queries, keys, query_pe, key_pe, projected: ImageProjections | None = None,
@@ -398,7 +398,6 @@ class TwoWayTransformer(nn.Module):
         final, norm = self.final_attn_token_to_image, self.norm_final_attn
         pack = None
         if kernels.tokens_apply(queries, tokens):
-            params = [*final.parameters(), *norm.parameters()]
-            pack = self._pack_of.get(params, lambda: kernels.attention_pack(final, norm))
+            pack = self._pack_of.get(kernels.attention_params(final, norm), lambda: kernels.attention_pack(final, norm))
         pv = attend_image(image_queries(final, queries, tokens, False, pack), keys_pe, keys, keys_int8)
         return attention_out(final, norm, queries, pv, False, pack), keys
