@@ -113,7 +113,7 @@ def attend_image(qk: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_int8: Int
     ``softmax(q_h W_k,h^T k^T) v W_v,h + b_v,h`` (the ``b_k`` term is constant along the
     softmax axis, and attention rows sum to one), so the image side is never projected: from
     the queries folded into the key projection ``qk`` ``(B, h T, C)`` (:func:`image_queries`)
-    this computes ``softmax(qk k^T) v`` ``(B, h T, C)`` float32, which
+    this computes ``softmax(qk k^T) v`` ``(B, h T, C)`` (in the image's type), which
     :func:`attention_out` projects. ``k_int8``: ``k`` (one image's) as :class:`Int8Keys`,
     for the scores in int8."""
     if k_int8 is not None:
@@ -122,18 +122,18 @@ def attend_image(qk: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_int8: Int
         probs = softmax_(qk @ k.transpose(1, 2), dim=-1)  # (B, hT, N)
     else:  # bf16/fp16 product kernels want the N rows first (3x faster on AMX CPUs)
         probs = softmax_(torch.bmm(k, qk.to(k.dtype).transpose(1, 2)).transpose(1, 2).contiguous(), dim=-1)
-    return (probs @ v).float()
+    return probs @ v
 
 
 def attend_projected(qh: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """The image side of a token -> image attention whose image side is already projected per
     head: ``keys`` = ``k W_k + b_k`` as ``(h, d, N)``, ``values`` = ``v W_v + b_v`` as ``(h, N,
     d)`` (the layouts the two products read), the queries ``qh`` ``(B, h T, d)``
-    (:func:`image_queries`): the heads' results ``(B, h T, d)`` float32."""
+    (:func:`image_queries`): the heads' results ``(B, h T, d)`` (in the image's type)."""
     h, d, _ = keys.shape
     b = qh.shape[0]
     qh = qh.reshape(b, h, -1, d).to(keys.dtype)
-    return (softmax_(qh @ keys, dim=-1) @ values).reshape(b, -1, d).float()
+    return (softmax_(qh @ keys, dim=-1) @ values).reshape(b, -1, d)
 
 
 def attention_out(attn: Attention, norm: nn.LayerNorm, x: torch.Tensor, pv: torch.Tensor, projected: bool,
@@ -142,6 +142,7 @@ def attention_out(attn: Attention, norm: nn.LayerNorm, x: torch.Tensor, pv: torc
     output from the result of :func:`attend_projected` (``projected``) or of
     :func:`attend_image`: the values' projection then ``out_proj``. By the token loop where
     ``pack`` is given."""
+    pv = pv.to(x.dtype)
     if pack is not None:
         return kernels.token_attention_out(x, pv, attn, pack, projected, norm.eps)
     b, t, c = x.shape
