@@ -480,19 +480,21 @@ def _add_terms(row, a, weight, lo, n):
 
 
 @numba.njit(inline="always")
-def _attention_views(pack, c, d):
+def _attention_views(pack, c, d, heads):
     """The parameters in ``pack`` (:func:`anyseg.kernels.attention_pack`) of an attention
-    of width ``c`` and internal width ``d``: ``q``, ``k``, ``v`` weights ``(d, c)`` and biases,
-    the output weight ``(c, d)``, its bias, its transpose ``(d, c)``, then a norm's weight
-    and bias."""
+    of width ``c``, internal width ``d`` and ``heads`` heads: ``q``, ``k``, ``v`` weights ``(d,
+    c)`` and biases, the output weight ``(c, d)``, its bias, its transpose ``(d, c)``, then a
+    norm's weight and bias; and the heads' width and its ``^-0.5``, the scores' scale."""
     sizes = (d * c, d, d * c, d, d * c, d, c * d, c, d * c, c, c)
     parts = []
     i = 0
     for n in sizes:
         parts.append(pack[i:i + n])
         i += n
-    return (parts[0].reshape((d, c)), parts[1], parts[2].reshape((d, c)), parts[3], parts[4].reshape((d, c)), parts[5],
-            parts[6].reshape((c, d)), parts[7], parts[8].reshape((d, c)), parts[9], parts[10])
+    views = (parts[0].reshape((d, c)), parts[1], parts[2].reshape((d, c)), parts[3], parts[4].reshape((d, c)),
+             parts[5], parts[6].reshape((c, d)), parts[7], parts[8].reshape((d, c)), parts[9], parts[10])
+    dh = d // heads
+    return views, dh, np.float32(dh**-0.5)
 
 
 @numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
@@ -501,9 +503,7 @@ def token_self_attention(start, stop, x, pe, skip_pe, heads, width, pack, eps, o
     for tokens ``x`` and their encoding ``pe`` ``(B, T, C)`` (``skip_pe``: ``norm(attn(x, x,
     x))``), ``attn`` of ``heads`` heads and internal width ``width``."""
     t, c = x.shape[1], x.shape[2]
-    wq, bq, wk, bk, wv, bv, wo, bo, _, nw, nb = _attention_views(pack, c, width)
-    dh = width // heads
-    scale = np.float32(dh**-0.5)
+    (wq, bq, wk, bk, wv, bv, wo, bo, _, nw, nb), dh, scale = _attention_views(pack, c, width, heads)
     qin, y = np.empty((t, c), np.float32), np.empty((t, c), np.float32)
     q, k = np.empty((t, width), np.float32), np.empty((t, width), np.float32)
     v, o = np.empty((t, width), np.float32), np.empty((t, width), np.float32)
@@ -550,9 +550,7 @@ def token_queries(start, stop, x, pe, heads, width, pack, projected, out):
     ``projected``, as they are, ``out`` ``(B, heads T, d)``; else folded into the key
     projection, ``q_h W_k,h`` ``out`` ``(B, heads T, C)``."""
     t, c = x.shape[1], x.shape[2]
-    wq, bq, wk, _, _, _, _, _, _, _, _ = _attention_views(pack, c, width)
-    dh = width // heads
-    scale = np.float32(dh**-0.5)
+    (wq, bq, wk, _, _, _, _, _, _, _, _), dh, scale = _attention_views(pack, c, width, heads)
     u, qp = np.empty((t, c), np.float32), np.empty((t, width), np.float32)
     for b in range(start, stop):
         for i in range(t):
@@ -580,8 +578,7 @@ def token_attention_out(start, stop, x, pv, heads, width, pack, projected, eps, 
     ``projected``, ``pv`` ``(B, heads T, d)`` is ``o``; else ``pv`` ``(B, heads T, C)`` is the
     attention over the unprojected image tokens, ``o_h = pv_h W_v,h^T + b_v,h``."""
     t, c = x.shape[1], x.shape[2]
-    _, _, _, _, wv, bv, wo, bo, _, nw, nb = _attention_views(pack, c, width)
-    dh = width // heads
+    (_, _, _, _, wv, bv, wo, bo, _, nw, nb), dh, _ = _attention_views(pack, c, width, heads)
     a, y = np.empty((t, width), np.float32), np.empty((t, c), np.float32)
     for b in range(start, stop):
         for hh in range(heads):
@@ -607,9 +604,7 @@ def token_keys(start, stop, x, m, pe, heads, width, pack, projected, eps, out, f
     ``(B, heads T)`` = ``k_h . b_q,h``; and ``values`` ``(B, heads T, C)`` = ``v_h W_o,h^T +
     b_o / heads``, the value projections folded into the output projection."""
     t, c = x.shape[1], x.shape[2]
-    wq, bq, wk, bk, wv, bv, _, bo, wot, nw, nb = _attention_views(pack, c, width)
-    dh = width // heads
-    scale = np.float32(dh**-0.5)
+    (wq, bq, wk, bk, wv, bv, _, bo, wot, nw, nb), dh, scale = _attention_views(pack, c, width, heads)
     y, u = np.empty((t, c), np.float32), np.empty((t, c), np.float32)
     kh, vh = np.empty((t, width), np.float32), np.empty((t, width), np.float32)
     for b in range(start, stop):
