@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from anyseg.kernels import gelu_words, layer_norm, layer_norm_plus, mask_downscale, mask_product, rows_linear
-from anyseg.models.common import LastResult, relu_mlp
+from anyseg.kernels import gelu_words, layer_norm, layer_norm_plus, mask_downscale, mask_product, mlp_pack, token_mlps
+from anyseg.models.common import MLP, LastResult, parameters_of, relu_mlp
 from anyseg.models.mask_decoder import MaskDecoder, MaskDecoderConfig, _from_blocks, stability_score
 from anyseg.models.prompt_encoder import MaskEmbedding, PromptEncoder
 from anyseg.models.two_way_transformer import softmax_
@@ -377,15 +377,23 @@ def test_token_mlp_on_laid_out_weights_is_the_layers(dtype):
     assert trained.requires_grad
 
 
-def test_compiled_small_mlp_layers_are_torchs(loop_threads):
+def test_compiled_small_mlps_are_torchs():
     torch.manual_seed(6)
-    x, weight, bias = torch.randn(3, 2, 40), torch.randn(3, 40, 24), torch.randn(3, 1, 24)
-    x[1, 0, 7] = float("nan")  # a NaN stays a NaN through the ReLU, as torch's
-    product = torch.baddbmm(bias, x, weight)
-    for relu in (False, True):
-        got = rows_linear(x, weight, bias, relu)
-        assert got.shape == (3, 2, 24) and got[1, 0].isnan().all()
-        torch.testing.assert_close(got, torch.relu(product) if relu else product, rtol=1e-5, atol=1e-5, equal_nan=True)
+    mlps = [MLP(40, 24, 8, num_layers=3, activation=torch.nn.ReLU) for _ in range(3)]
+    x = torch.randn(2, 5, 40)
+    x[1, 0, 7] = float("nan")  # a NaN stays a NaN through the ReLUs, as torch's
+    dims, pack = mlp_pack(mlps)
+    assert dims.tolist() == [40, 24, 24, 8]
+    with torch.no_grad():
+        got = token_mlps(x, dims, pack, first=1)  # the last two MLPs
+        want = torch.stack([mlps[1](x[0]), mlps[2](x[1])])
+    assert got.shape == (2, 5, 8) and got[1, 0].isnan().all()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+def test_parameters_read_from_the_tables_are_parameters():
+    dec = decoder()
+    assert [id(p) for p in parameters_of(dec)] == [id(p) for p in dec.parameters()]
 
 
 def test_decoder_small_mlps_compiled_and_not_agree():

@@ -387,26 +387,6 @@ def softmax(start, stop, x, addend):
             xi[j] = _narrow(s[j] * inv)
 
 
-# the products' terms are summed in order, each output row vectorised along its outputs
-@numba.njit(**_OPTIONS, fastmath={"contract"})
-def rows_linear(start, stop, x, weight, bias, relu, out):
-    """Rows ``[start, stop)`` (row ``k R + r`` is ``(k, r)``) of ``out[k, r] = x[k, r] @
-    weight[k] + bias[k, 0]``, float32, then (``relu``) the ReLU (NaN kept): ``x`` ``(K, R,
-    n)``, ``weight`` ``(K, n, m)``, ``bias`` ``(K, 1, m)``, ``out`` ``(K, R, m)``."""
-    rows = x.shape[1]
-    for kr in range(start, stop):
-        k, r = kr // rows, kr % rows
-        o, xr, w = out[k, r], x[k, r], weight[k]
-        o[:] = bias[k, 0]
-        for i in range(w.shape[0]):
-            a, wi = xr[i], w[i]
-            for j in range(o.shape[0]):
-                o[j] += a * wi[j]
-        if relu:
-            for j in range(o.shape[0]):
-                o[j] = np.float32(0) if o[j] < 0 else o[j]
-
-
 # The token side of the mask decoder's two-way transformer (kernels.token_*): a prompt's
 # few tokens, float32. Each attention's parameters come as one packed vector
 # (kernels.attention_pack); products are sums along the inputs, in any order.
@@ -415,16 +395,17 @@ def rows_linear(start, stop, x, weight, bias, relu, out):
 @numba.njit(inline="always")
 def _affine(x, weight, bias, out):
     """``out[t, o] = x[t] . weight[o] + bias[o]``: ``x`` ``(T, n)``, ``weight`` ``(m, n)`` (a
-    linear layer's), ``out`` ``(T, m)``. Two outputs of four rows at a time, their eight
-    sums in registers (rows and outputs past the end repeat the last): each load serves
-    several products (one output of one row at a time: 1.75x as long)."""
+    linear layer's), ``out`` ``(T, m)``. Eight sums at a time in registers, of two outputs
+    of four rows (of four outputs of one row where there are fewer than four; outputs past
+    the end repeat the last): each load serves several products (one output of one row at
+    a time: 1.75x as long)."""
     rows, m = x.shape[0], weight.shape[0]
-    last = rows - 1
-    for o in range(0, m, 2):
-        p = min(o + 1, m - 1)
-        w0, w1 = weight[o], weight[p]
-        for t in range(0, rows, 4):
-            x0, x1, x2, x3 = x[t], x[min(t + 1, last)], x[min(t + 2, last)], x[min(t + 3, last)]
+    t = 0
+    while t + 4 <= rows:
+        x0, x1, x2, x3 = x[t], x[t + 1], x[t + 2], x[t + 3]
+        for o in range(0, m, 2):
+            p = min(o + 1, m - 1)
+            w0, w1 = weight[o], weight[p]
             a0 = a1 = a2 = a3 = c0 = c1 = c2 = c3 = np.float32(0)
             for i in range(w0.shape[0]):
                 u, v = w0[i], w1[i]
@@ -436,10 +417,21 @@ def _affine(x, weight, bias, out):
                 c1 += x1[i] * v
                 c2 += x2[i] * v
                 c3 += x3[i] * v
-            first, second = (a0, a1, a2, a3), (c0, c1, c2, c3)
-            for k in range(min(4, rows - t)):
-                out[t + k, o] = first[k] + bias[o]
-                out[t + k, p] = second[k] + bias[p]
+            out[t, o], out[t + 1, o], out[t + 2, o], out[t + 3, o] = a0 + bias[o], a1 + bias[o], a2 + bias[o], a3 + bias[o]
+            out[t, p], out[t + 1, p], out[t + 2, p], out[t + 3, p] = c0 + bias[p], c1 + bias[p], c2 + bias[p], c3 + bias[p]
+        t += 4
+    for r in range(t, rows):
+        xr = x[r]
+        for o in range(0, m, 4):
+            o1, o2, o3 = min(o + 1, m - 1), min(o + 2, m - 1), min(o + 3, m - 1)
+            w0, w1, w2, w3 = weight[o], weight[o1], weight[o2], weight[o3]
+            a0 = a1 = a2 = a3 = np.float32(0)
+            for i in range(w0.shape[0]):
+                a0 += xr[i] * w0[i]
+                a1 += xr[i] * w1[i]
+                a2 += xr[i] * w2[i]
+                a3 += xr[i] * w3[i]
+            out[r, o], out[r, o1], out[r, o2], out[r, o3] = a0 + bias[o], a1 + bias[o1], a2 + bias[o2], a3 + bias[o3]
 
 
 @numba.njit(inline="always")
@@ -639,6 +631,33 @@ def token_keys(start, stop, x, m, pe, heads, width, pack, projected, eps, out, f
                 for j in range(c):
                     vr[j] = bo[j] / np.float32(heads)
                 _add_terms(vr, vh[i], wot, lo, dh)
+
+
+@numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
+def token_mlps(start, stop, x, dims, pack, first, out):
+    """MLPs ``[start, stop)`` of a stack of K, from MLP ``first`` of ``pack`` on (ReLUs
+    between the layers, a NaN kept), each on its rows: ``x`` ``(K, R, dims[0])``, ``out``
+    ``(K, R, dims[-1])``; ``dims`` the layers' widths, ``pack`` each MLP's layers' weights
+    ``(out, in)`` and biases in turn (:func:`anyseg.kernels.mlp_pack`)."""
+    per = 0
+    for n in range(len(dims) - 1):
+        per += dims[n + 1] * (dims[n] + 1)
+    rows, layers = x.shape[1], len(dims) - 1
+    for k in range(start, stop):
+        i = (first + k) * per
+        cur = x[k]
+        for n in range(layers):
+            width = dims[n + 1]
+            weight = pack[i:i + width * dims[n]].reshape((width, dims[n]))
+            bias = pack[i + width * dims[n]:i + width * (dims[n] + 1)]
+            i += width * (dims[n] + 1)
+            nxt = out[k] if n == layers - 1 else np.empty((rows, width), np.float32)
+            _affine(cur, weight, bias, nxt)
+            if n < layers - 1:
+                for r in range(rows):
+                    for j in range(width):
+                        nxt[r, j] = np.float32(0) if nxt[r, j] < 0 else nxt[r, j]
+            cur = nxt
 
 
 _COLUMNS = 512  # columns per pass of product_softmax's softmax across rows
@@ -948,18 +967,5 @@ def mask_downscale_team(data):
     start, stop = _next_part(d)
     while start < stop:
         mask_downscale(start, stop, masks, first, second, eps, out)
-        start, stop = _next_part(d)
-
-
-@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
-def rows_linear_team(data):
-    d = numba.carray(data, (64,), np.int64)
-    x = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.float32)
-    weight = numba.carray(_pointer(d[7]), (d[8], d[9], d[10]), np.float32)
-    bias = numba.carray(_pointer(d[11]), (d[12], d[13], d[14]), np.float32)
-    out = numba.carray(_pointer(d[16]), (d[17], d[18], d[19]), np.float32)
-    start, stop = _next_part(d)
-    while start < stop:
-        rows_linear(start, stop, x, weight, bias, d[15] != 0, out)
         start, stop = _next_part(d)
 

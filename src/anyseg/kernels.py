@@ -329,20 +329,6 @@ def product_softmax(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch
     return out
 
 
-def rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool = False) -> torch.Tensor:
-    """``x @ weight + bias`` (then ``relu``: the ReLU) for K stacked float32 layers and a few
-    rows each: ``x`` ``(K, R, n)``, ``weight`` ``(K, n, m)``, ``bias`` ``(K, 1, m)``: ``(K, R,
-    m)``, each sum in input order. For the mask decoder's small MLPs on a prompt's tokens,
-    whose weights a click reads once: torch's batched product costs tens of microseconds a
-    call there (the hypernetworks' three layers on the AMD host 98 -> 24 us warm, 289 -> 72 us
-    after their weights left the caches)."""
-    k, _, n = x.shape
-    assert weight.shape[:2] == (k, n) and bias.shape == (k, 1, weight.shape[2]), "mismatched layer shapes"
-    out = torch.empty(k, x.shape[1], weight.shape[2])
-    _run("rows_linear", k * x.shape[1], x.contiguous(), weight.contiguous(), bias.contiguous(), relu, out)
-    return out
-
-
 SHORT_ROWS = 49
 """Rows up to which :func:`softmax_` stands in for torch's softmax in the encoders'
 bf16 attention (``models.common.attention``): on longer rows torch's is as fast."""
@@ -457,3 +443,24 @@ def token_keys(x: torch.Tensor, m: torch.Tensor, pe: torch.Tensor, attn: torch.n
     _token_loop("token_keys", b, _floats(x), _floats(m), _floats(pe, x.shape), h, attn.internal_dim, pack, projected,
                 np.float32(eps), out, keys, bias, values)
     return tuple(torch.from_numpy(a) for a in (out, keys, bias, values))
+
+
+def mlp_pack(mlps: list[torch.nn.Module]) -> tuple[np.ndarray, np.ndarray]:
+    """K MLPs of the same shape (their linear layers in ``layers``) for :func:`token_mlps`:
+    the layers' widths ``(L + 1,)`` int64, and each MLP's layers' weights and biases in
+    turn, float32."""
+    layers = mlps[0].layers
+    dims = np.array([layers[0].in_features] + [layer.out_features for layer in layers], np.int64)
+    parts = [t for mlp in mlps for layer in mlp.layers for t in (layer.weight, layer.bias)]
+    return dims, torch.cat([t.detach().float().reshape(-1) for t in parts]).numpy()
+
+
+def token_mlps(x: torch.Tensor, dims: np.ndarray, pack: np.ndarray, first: int = 0) -> torch.Tensor:
+    """``x`` ``(K, R, dims[0])`` float32 through K ReLU MLPs of :func:`mlp_pack`, from its MLP
+    ``first`` on, each on its R rows: ``(K, R, dims[-1])``. For the mask decoder's
+    hypernetworks and IoU head on a prompt's few tokens: one loop call for all the layers,
+    where torch takes a batched product per layer (the hypernetworks' and IoU head's six
+    layers on the AMD host ~270 -> ~40 us)."""
+    out = np.empty((*x.shape[:2], dims[-1]), np.float32)
+    _token_loop("token_mlps", len(x), _floats(x), dims, pack, first, out)
+    return torch.from_numpy(out)

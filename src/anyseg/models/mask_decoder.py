@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyseg.kernels import layer_norm, loops_apply, mask_product, rows_linear
+from anyseg.kernels import layer_norm, loops_apply, mask_product, mlp_pack, token_mlps, tokens_apply
 from anyseg.models.common import (INT8_AVAILABLE, MLP, LastResult, LayerNorm2d, Linear, int8_product,
-                                  quantize_weight)
+                                  parameters_of, quantize_weight)
 from anyseg.models.prompt_encoder import MaskEmbedding
 from anyseg.models.two_way_transformer import ImageProjections, TwoWayTransformer
 
@@ -55,27 +56,36 @@ def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> to
     return torch.where(union > 0, inter / union, torch.ones_like(inter))
 
 
-def _stack(mlps: list[MLP]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """K MLPs of the same shape, stacked per layer: weights ``(K, in, out)``, biases ``(K, 1,
-    out)``."""
-    return [(torch.stack([mlp.layers[i].weight.t() for mlp in mlps]).contiguous(),
-             torch.stack([mlp.layers[i].bias for mlp in mlps])[:, None])
-            for i in range(len(mlps[0].layers))]
+@dataclass
+class StackedMLPs:
+    """K MLPs of the same shape, stacked once: per layer, the weights ``(K, in, out)`` and
+    biases ``(K, 1, out)`` for torch's batched products, and the layers' widths and
+    parameters for the compiled loop (:func:`~anyseg.kernels.mlp_pack`)."""
 
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    dims: np.ndarray
+    pack: np.ndarray
 
-def _stacked_mlp(x: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]], act: nn.Module) -> torch.Tensor:
-    """``x`` ``(K, B, C)`` through K MLPs stacked by :func:`_stack` (``act`` between the
-    layers): ``(K, B, out)``. float32 ReLU MLPs on the CPU without gradients through the
-    compiled loop (:func:`~anyseg.kernels.rows_linear`), else one batched product per layer."""
-    compiled = isinstance(act, nn.ReLU) and loops_apply(x, layers[0][0], dtype=torch.float32)
-    last = len(layers) - 1
-    for i, (weight, bias) in enumerate(layers):
-        if compiled:
-            x = rows_linear(x, weight, bias, relu=i < last)
-        else:
-            x = torch.baddbmm(bias, x, weight)
+    @classmethod
+    def of(cls, mlps: list[MLP]) -> "StackedMLPs":
+        layers = [(torch.stack([mlp.layers[i].weight.t() for mlp in mlps]).contiguous(),
+                   torch.stack([mlp.layers[i].bias for mlp in mlps])[:, None])
+                  for i in range(len(mlps[0].layers))]
+        return cls(layers, *mlp_pack(mlps))
+
+    def __call__(self, x: torch.Tensor, act: nn.Module, wanted: range | None = None) -> torch.Tensor:
+        """``x`` ``(K', B, C)`` through the ``wanted`` MLPs (a step-1 range, all by default),
+        ``act`` between the layers: ``(K', B, out)``. float32 ReLU MLPs on the CPU without
+        gradients through the compiled loop (:func:`~anyseg.kernels.token_mlps`), else one
+        batched product per layer."""
+        wanted = range(len(self.layers[0][0])) if wanted is None else wanted
+        if isinstance(act, nn.ReLU) and tokens_apply(x):
+            return token_mlps(x, self.dims, self.pack, wanted.start)
+        last = len(self.layers) - 1
+        for i, (weight, bias) in enumerate(self.layers):
+            x = torch.baddbmm(bias[wanted.start:wanted.stop], x, weight[wanted.start:wanted.stop])
             x = act(x) if i < last else x
-    return x
+        return x
 
 
 def _deconv_weight(conv: nn.ConvTranspose2d) -> torch.Tensor:
@@ -277,15 +287,13 @@ class MaskDecoder(nn.Module):
 
     def _hypernetworks(self, tokens: torch.Tensor, wanted: slice) -> torch.Tensor:
         """The hypernetwork MLPs of the ``wanted`` mask tokens on their outputs ``tokens``
-        ``(B, K', C)``: ``(B, K', C/8)``. Without gradients, as one batched product per layer
-        over the tokens (the K MLPs' weights stacked once and kept, :class:`LastResult`)."""
+        ``(B, K', C)``: ``(B, K', C/8)``. Without gradients, all at once (the K MLPs stacked
+        once and kept, :class:`StackedMLPs` in a :class:`LastResult`)."""
         mlps = self.output_hypernetworks_mlps
         if torch.is_grad_enabled():
             return torch.stack([mlps[i](tokens[:, j, :]) for j, i in enumerate(range(len(mlps))[wanted])], dim=1)
-        params = [p for mlp in mlps for p in mlp.parameters()]
-        layers = self._stacked_of.get(params, lambda: _stack(list(mlps)))
-        layers = [(weight[wanted], bias[wanted]) for weight, bias in layers]
-        return _stacked_mlp(tokens.transpose(0, 1), layers, mlps[0].act).transpose(0, 1)
+        stacked = self._stacked_of.get(parameters_of(mlps), lambda: StackedMLPs.of(list(mlps)))
+        return stacked(tokens.transpose(0, 1), mlps[0].act, range(len(mlps))[wanted]).transpose(0, 1)
 
     def _iou(self, token: torch.Tensor) -> torch.Tensor:
         """The IoU head on the IoU token's outputs ``(B, C)``: ``(B, K)``. Without gradients
@@ -293,8 +301,8 @@ class MaskDecoder(nn.Module):
         head = self.iou_prediction_head
         if torch.is_grad_enabled():
             return head(token)
-        layers = self._iou_of.get(list(head.parameters()), lambda: _stack([head]))
-        iou = _stacked_mlp(token[None], layers, head.act)[0]
+        stacked = self._iou_of.get(parameters_of(head), lambda: StackedMLPs.of([head]))
+        iou = stacked(token[None], head.act)[0]
         return torch.sigmoid(iou) if head.sigmoid_output else iou
 
     def keep_image(self, image_embed, image_pe, no_mask, high_res_features=None, image_offset=None) -> None:
