@@ -396,15 +396,22 @@ def test_parameters_read_from_the_tables_are_parameters():
     assert [id(p) for p in parameters_of(dec)] == [id(p) for p in dec.parameters()]
 
 
-def test_decoder_small_mlps_compiled_and_not_agree():
-    """The hypernetworks and the IoU head (sigmoid or not) through the compiled loop, and
-    through torch's layers with gradients recorded."""
+def test_decoder_small_mlps_compiled_and_not_agree(monkeypatch):
+    """The hypernetworks and the IoU head (sigmoid or not) through the compiled loop, through
+    torch's batched products (as off the CPU), and through torch's layers with gradients
+    recorded."""
+    from anyseg.models import mask_decoder
+
     torch.manual_seed(7)
     for sigmoid in (False, True):
         dec = MaskDecoder(MaskDecoderConfig(dim=32, iou_head_hidden_dim=32, iou_prediction_use_sigmoid=sigmoid)).eval()
         tokens, token = torch.randn(2, 3, 32), torch.randn(2, 32)  # the three multimask tokens' outputs
         with torch.no_grad():
             hyper, iou = dec._hypernetworks(tokens, slice(1, None)), dec._iou(token)
-        torch.testing.assert_close(hyper, dec._hypernetworks(tokens, slice(1, None)), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(iou, dec._iou(token), rtol=1e-5, atol=1e-6)
+            with monkeypatch.context() as patch:
+                patch.setattr(mask_decoder, "tokens_apply", lambda *tensors: False)
+                batched = dec._hypernetworks(tokens, slice(1, None)), dec._iou(token)
+        for got in ((hyper, iou), batched):
+            torch.testing.assert_close(got[0], dec._hypernetworks(tokens, slice(1, None)), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got[1], dec._iou(token), rtol=1e-5, atol=1e-6)
         assert hyper.shape == (2, 3, 4) and iou.shape == (2, 4)
