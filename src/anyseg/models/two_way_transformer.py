@@ -35,8 +35,8 @@ from torch import nn
 
 from anyseg import kernels
 from anyseg.kernels import layer_norm_plus, loops_apply
-from anyseg.models.common import (INT8_AVAILABLE, MLP, Attention, LastResult, MLPBlock, int8_mm, linear, relu_mlp,
-                                  softmax_)
+from anyseg.models.common import (INT8_AVAILABLE, MLP, Attention, LastResult, MLPBlock, int8_mm, linear,
+                                  parameters_of, relu_mlp, softmax_)
 
 
 def per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -327,7 +327,7 @@ class TwoWayAttentionBlock(nn.Module):
         attention and ``norm2``, ``norm3`` and image -> token attention), made once and kept."""
         steps = ((self.self_attn, self.norm1), (self.cross_attn_token_to_image, self.norm2),
                  (self.cross_attn_image_to_token, self.norm3))
-        params = [p for step in steps for p in kernels.attention_params(*step)]
+        params = [p for step in steps for module in step for p in parameters_of(module)]
         return self._packs_of.get(params, lambda: tuple(kernels.attention_pack(*step) for step in steps))
 
     def forward(self, queries, keys, query_pe, key_pe, projected: ImageProjections | None = None,
@@ -399,6 +399,7 @@ class TwoWayTransformer(nn.Module):
         final, norm = self.final_attn_token_to_image, self.norm_final_attn
         pack = None
         if kernels.tokens_apply(queries, tokens):
-            pack = self._pack_of.get(kernels.attention_params(final, norm), lambda: kernels.attention_pack(final, norm))
+            params = parameters_of(final) + parameters_of(norm)
+            pack = self._pack_of.get(params, lambda: kernels.attention_pack(final, norm))
         pv = attend_image(image_queries(final, queries, tokens, False, pack), keys_pe, keys, keys_int8)
         return attention_out(final, norm, queries, pv, False, pack), keys
