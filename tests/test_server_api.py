@@ -778,6 +778,18 @@ def test_fixture_checkpoint_loads_on_retry_and_segments(fixture_checkpoint, samp
         assert Image.open(io.BytesIO(mask.content)).size == (800, 534)
 
 
+def test_loading_on_the_cpu_compiles_the_loops(fixture_checkpoint, monkeypatch):
+    """The model is ready only once the CPU loops are compiled, so the first click does not
+    wait for numba (the first time after an install)."""
+    from anyseg.server import worker
+
+    calls = []
+    monkeypatch.setattr(worker, "compile_loops", lambda: calls.append(holder.model))
+    holder = worker.ModelHolder(None, str(fixture_checkpoint), "cpu")
+    holder._load()
+    assert calls == [None] and holder.model is not None and holder.status().state == "ready"
+
+
 def test_fixture_checkpoint_matches_the_predictor(fixture_checkpoint, samples_dir, tmp_path):
     """The studio's mask for a click is the image predictor's, byte for byte."""
     from anyseg import ImagePredictor

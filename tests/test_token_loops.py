@@ -99,3 +99,15 @@ def test_gradients_take_torchs_form():
     out, _ = tr(torch.randn(1, 16, C), torch.randn(1, 16, C), tokens)
     out.sum().backward()
     assert tokens.grad is not None and tokens.grad.abs().sum() > 0
+
+
+def test_warmup_compiles_every_token_loop(capsys):
+    """`anyseg warmup` (compile_loops) leaves the loops a prompt runs compiled: the token loops
+    and, by importing anyseg._loops, every team entry."""
+    from anyseg import _loops
+    from anyseg.cli import main
+
+    assert main(["warmup"]) == 0
+    assert "compiled and cached" in capsys.readouterr().out
+    for name in ("token_self_attention", "token_queries", "token_attention_out", "token_keys", "token_mlps"):
+        assert getattr(_loops, name).signatures, name

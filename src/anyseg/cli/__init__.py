@@ -23,6 +23,7 @@ COMMANDS = [
     "anyseg.cli.eval",
     "anyseg.cli.bench",
     "anyseg.cli.serve",
+    "anyseg.cli.warmup",
 ]
 
 

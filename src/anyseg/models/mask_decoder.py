@@ -458,3 +458,24 @@ class MaskDecoder(nn.Module):
             torch.where(stable[..., None, None], single_masks, best_masks),
             torch.where(stable, single_iou, best_iou),
         )
+
+
+def compile_loops() -> None:
+    """Have numba compile the CPU's compiled loops now, or read them back from its cache on
+    disk (under a second): every team entry of :mod:`anyseg._loops`, and the token loops
+    that decoding a prompt runs, by decoding one prompt with a small random SAM 2-like
+    decoder in fp32, bf16 and int8. After an install or upgrade the first image and prompt
+    would otherwise wait for the compilation (~30 s on the 2-core AMD host, once): ``anyseg
+    warmup`` and the studio's start call this."""
+    dim, side = 64, 4
+    decoder = MaskDecoder(MaskDecoderConfig(dim=dim, pred_obj_scores=True, use_high_res_features=True,
+                                            dynamic_multimask_via_stability=True)).eval()
+    embed, pe = torch.randn(1, dim, side, side), torch.randn(1, dim, side, side)
+    sparse, dense = torch.randn(1, 2, dim), torch.randn(dim)[None, :, None, None].expand(1, -1, side, side)
+    high_res = [torch.randn(1, dim // 8, 4 * side, 4 * side), torch.randn(1, dim // 4, 2 * side, 2 * side)]
+    with torch.inference_mode():
+        for twin, dtype in ((decoder, torch.float32), (decoder.copy_in(torch.bfloat16), torch.bfloat16),
+                            (decoder.copy_in(torch.bfloat16, int8=True), torch.bfloat16)):
+            features = [f.to(dtype) for f in high_res]
+            for multimask in (True, False):
+                twin(embed.to(dtype), pe, sparse, dense, multimask, features, project=multimask)

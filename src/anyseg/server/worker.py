@@ -5,7 +5,8 @@ decoding a click, one frame of tracking) to :class:`InferenceWorker` and awaits 
 device therefore runs one inference at a time, in arrival order, and a long propagation, queued
 one frame per job, lets other sessions' clicks in between its frames.
 
-:class:`ModelHolder` loads the model on that thread (downloading official weights on first use)
+:class:`ModelHolder` loads the model on that thread (downloading official weights on first use,
+and on the CPU having the compiled loops ready, :func:`~anyseg.models.mask_decoder.compile_loops`)
 and remembers why it could not, so the page can say which file to download and where.
 """
 
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 from anyseg import hub
 from anyseg.errors import AnysegError
 from anyseg.loading import load_model
+from anyseg.models.mask_decoder import compile_loops
 from anyseg.models.registry import get_spec
 from anyseg.predictors.precision import check_precision
 from anyseg.server.errors import ApiError
@@ -94,7 +96,10 @@ class ModelHolder:
 
     def _load(self) -> None:
         try:
-            self.model = load_model(self.name, checkpoint=self.checkpoint, device=self.device, download=self.download)
+            model = load_model(self.name, checkpoint=self.checkpoint, device=self.device, download=self.download)
+            if model.device.type == "cpu":  # the first click would wait for it (once per install)
+                compile_loops()
+            self.model = model
         except AnysegError as exc:
             self._error = str(exc)
             log.warning("model not loaded: %s", exc)
@@ -115,7 +120,8 @@ class ModelHolder:
             return ModelStatus(state="ready", name=self.label, precision=self.precision, family=self.model.family)
         if self._loading or self._error is None:
             return ModelStatus(state="loading", name=self.label, precision=self.precision,
-                               detail="loading the model (official weights are downloaded on first use)")
+                               detail="loading the model (on first use, official weights are downloaded and "
+                                      "the CPU loops compiled)")
         url = save_as = None
         if self.checkpoint is None and self.name is not None:
             spec = get_spec(self.name)
