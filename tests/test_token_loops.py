@@ -103,7 +103,7 @@ def test_gradients_take_torchs_form():
 
 def test_warmup_compiles_every_token_loop(capsys):
     """`anyseg warmup` (compile_loops) leaves the loops a prompt runs compiled: the token loops
-    and, by importing anyseg._loops, every team entry."""
+    and every team entry."""
     from anyseg import _loops
     from anyseg.cli import main
 
@@ -111,3 +111,4 @@ def test_warmup_compiles_every_token_loop(capsys):
     assert "compiled and cached" in capsys.readouterr().out
     for name in ("token_self_attention", "token_queries", "token_attention_out", "token_keys", "token_mlps"):
         assert getattr(_loops, name).signatures, name
+    assert _loops.team_entry.cache_info().currsize == len(_loops.team_loops()) == 9

@@ -5,20 +5,40 @@ atomic counter) and running ``loop(start, stop, *args)`` on them until none is l
 
 A descriptor is 64 int64 words, as :func:`anyseg.kernels._run` writes them: ``n``,
 the number of parts, the address of the parts counter, then the loop's arguments in order
-(an array's address and shape, or an int). Imported, and compiled or read from numba's
-cache, on the first loop's run: the loops and their entries share this file, as numba's
-cache follows the changes of a function's own file only.
+(an array's address and shape, or an int). Each loop and each entry is compiled, or read
+from numba's cache, on its first use (:func:`team_entry`): the loops and their entries
+share this file, as numba's cache follows the changes of a function's own file only.
 """
 
 from __future__ import annotations
+
+import functools
+import warnings
 
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core.caching import FunctionCache
 from numba.extending import intrinsic
 
-_OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+def _disk_cache() -> bool:
+    """Whether numba can keep the compiled loops on disk: beside this file, in
+    ``NUMBA_CACHE_DIR`` or in the user's cache folder. Where none is writable (a read-only
+    install whose user has no writable home) numba would refuse to define them at all;
+    they are then compiled in each process instead, with a warning."""
+    try:
+        FunctionCache(_disk_cache)
+    except RuntimeError:
+        warnings.warn("anyseg: numba finds no writable folder to cache its compiled CPU loops in (set "
+                      "NUMBA_CACHE_DIR to one): they are compiled again in each process (~30 s)", RuntimeWarning)
+        return False
+    return True
+
+
+_DISK_CACHE = _disk_cache()
+_OPTIONS = {"cache": _DISK_CACHE, "nogil": True, "error_model": "numpy"}
 
 
 RESIZE_WINDOW = 8
@@ -826,6 +846,19 @@ def _claim(typingctx, address):
     return types.int64(types.int64), codegen
 
 
+@functools.cache
+def team_entry(name: str) -> int:
+    """The address of loop ``name``'s team entry (the function ``name + "_team"`` below) as
+    a C function, compiled, or read from numba's cache, on its first use: an entry compiles
+    its loop with it, and a process compiles only those it runs."""
+    return numba.cfunc(types.void(types.voidptr), nopython=True, cache=_DISK_CACHE)(globals()[name + "_team"]).address
+
+
+def team_loops() -> list[str]:
+    """The loops that have team entries."""
+    return [name.removesuffix("_team") for name in globals() if name.endswith("_team")]
+
+
 @numba.njit(inline="always")
 def _next_part(d):
     """The next unclaimed part of the range ``[0, d[0])`` as ``(start, stop)`` (no part is
@@ -847,7 +880,6 @@ def thread_ids(start, stop, tids):
         tids[i] = _gettid()
 
 
-@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
 def thread_ids_team(data):
     # one part per thread (the others' entries run parts until none is left): each thread
     # of the team writes its id once
@@ -857,7 +889,6 @@ def thread_ids_team(data):
     thread_ids(start, stop, tids)
 
 
-@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
 def resize_threshold_team(data):
     d = numba.carray(data, (64,), np.int64)
     maps = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.float32)
@@ -874,7 +905,6 @@ def resize_threshold_team(data):
         start, stop = _next_part(d)
 
 
-@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
 def mask_product_team(data):
     d = numba.carray(data, (64,), np.int64)
     words = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.uint16)
@@ -887,7 +917,6 @@ def mask_product_team(data):
         start, stop = _next_part(d)
 
 
-@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
 def layer_norm_team(data):
     d = numba.carray(data, (64,), np.int64)
     x = numba.carray(_pointer(d[3]), (d[4], d[5]), np.uint16)
@@ -906,7 +935,6 @@ def layer_norm_team(data):
         start, stop = _next_part(d)
 
 
-@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
 def softmax_team(data):
     d = numba.carray(data, (64,), np.int64)
     x = numba.carray(_pointer(d[3]), (d[4], d[5]), np.uint16)
@@ -917,7 +945,6 @@ def softmax_team(data):
         start, stop = _next_part(d)
 
 
-@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
 def quantize_rows_team(data):
     d = numba.carray(data, (64,), np.int64)
     words = numba.carray(_pointer(d[3]), (d[4], d[5]), np.uint16)
@@ -929,7 +956,6 @@ def quantize_rows_team(data):
         start, stop = _next_part(d)
 
 
-@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
 def dequantize_rows_team(data):
     d = numba.carray(data, (64,), np.int64)
     acc = numba.carray(_pointer(d[3]), (d[4], d[5]), np.int32)
@@ -944,7 +970,6 @@ def dequantize_rows_team(data):
         start, stop = _next_part(d)
 
 
-@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
 def product_softmax_team(data):
     d = numba.carray(data, (64,), np.int64)
     acc = numba.carray(_pointer(d[3]), (d[4], d[5]), np.int32)
@@ -958,7 +983,6 @@ def product_softmax_team(data):
         start, stop = _next_part(d)
 
 
-@numba.cfunc(types.void(types.voidptr), nopython=True, cache=True)
 def mask_downscale_team(data):
     d = numba.carray(data, (64,), np.int64)
     masks = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.float32)

@@ -79,7 +79,16 @@ def _run(name: str, n: int, *args) -> None:
     descriptor = np.zeros(64, np.int64)
     descriptor[: len(words)] = words
     descriptor[2] = descriptor.ctypes.data + 8 * 63  # the counter: the last word, zero
-    team.GOMP_parallel(getattr(_loops, name + "_team").address, descriptor.ctypes.data, parts, 0)
+    team.GOMP_parallel(_loops.team_entry(name), descriptor.ctypes.data, parts, 0)
+
+
+def compile_team_entries() -> None:
+    """Compile every loop's team entry now, or read it from numba's cache (each is otherwise
+    compiled on its first use): see :func:`anyseg.models.mask_decoder.compile_loops`."""
+    from anyseg import _loops
+
+    for name in _loops.team_loops():
+        _loops.team_entry(name)
 
 
 PLACEMENT_ENV = ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY")

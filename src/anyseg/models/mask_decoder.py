@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anyseg import kernels
 from anyseg.kernels import layer_norm, loops_apply, mask_product, mlp_pack, token_mlps, tokens_apply
 from anyseg.models.common import (INT8_AVAILABLE, MLP, LastResult, LayerNorm2d, Linear, int8_product,
                                   parameters_of, quantize_weight)
@@ -462,11 +463,13 @@ class MaskDecoder(nn.Module):
 
 def compile_loops() -> None:
     """Have numba compile the CPU's compiled loops now, or read them back from its cache on
-    disk (under a second): every team entry of :mod:`anyseg._loops`, and the token loops
-    that decoding a prompt runs, by decoding one prompt with a small random SAM 2-like
-    decoder in fp32, bf16 and int8. After an install or upgrade the first image and prompt
-    would otherwise wait for the compilation (~30 s on the 2-core AMD host, once): ``anyseg
+    disk (under a second): every team entry of :mod:`anyseg._loops`
+    (:func:`~anyseg.kernels.compile_team_entries`), and the loops that decoding a prompt
+    runs on its own thread, by decoding one prompt with a small random SAM 2-like decoder in
+    fp32, bf16 and int8. After an install or upgrade the first image and prompt would
+    otherwise wait for the compilation (~30 s on the 2-core AMD host, once): ``anyseg
     warmup`` and the studio's start call this."""
+    kernels.compile_team_entries()
     dim, side = 64, 4
     decoder = MaskDecoder(MaskDecoderConfig(dim=dim, pred_obj_scores=True, use_high_res_features=True,
                                             dynamic_multimask_via_stability=True)).eval()
