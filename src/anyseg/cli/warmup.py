@@ -11,7 +11,7 @@ def register(sub) -> None:
         "warmup",
         help="compile anyseg's CPU loops now (once per install), so the first click does not wait for it",
         description="anyseg's CPU loops are compiled by numba on first use after an install or upgrade "
-        "(about 30 s on 2 cores) and then read from numba's cache on disk. This compiles them now: run it "
+        "(20-30 s on 2 cores) and then read from numba's cache on disk. This compiles them now: run it "
         "once after installing, e.g. in a container image's build. NUMBA_CACHE_DIR sets where the cache goes.",
     )
     p.set_defaults(func=run)
