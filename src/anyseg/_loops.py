@@ -32,7 +32,7 @@ def _disk_cache() -> bool:
         FunctionCache(_disk_cache)
     except RuntimeError:
         warnings.warn("anyseg: numba finds no writable folder to cache its compiled CPU loops in (set "
-                      "NUMBA_CACHE_DIR to one): they are compiled again in each process (~30 s)", RuntimeWarning)
+                      "NUMBA_CACHE_DIR to one): they are compiled again in each process (up to ~30 s)", RuntimeWarning)
         return False
     return True
 

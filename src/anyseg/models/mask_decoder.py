@@ -467,7 +467,7 @@ def compile_loops() -> None:
     (:func:`~anyseg.kernels.compile_team_entries`), and the loops that decoding a prompt
     runs on its own thread, by decoding one prompt with a small random SAM 2-like decoder in
     fp32, bf16 and int8. After an install or upgrade the first image and prompt would
-    otherwise wait for the compilation (~30 s on the 2-core AMD host, once): ``anyseg
+    otherwise wait for the compilation (20-30 s on the 2-core AMD host, once): ``anyseg
     warmup`` and the studio's start call this."""
     kernels.compile_team_entries()
     dim, side = 64, 4
