@@ -107,8 +107,10 @@ def test_warmup_compiles_every_token_loop(capsys):
     from anyseg import _loops
     from anyseg.cli import main
 
+    state = torch.random.get_rng_state()
     assert main(["warmup"]) == 0
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random numbers untouched
     assert "compiled and cached" in capsys.readouterr().out
     for name in ("token_self_attention", "token_queries", "token_attention_out", "token_keys", "token_mlps"):
         assert getattr(_loops, name).signatures, name
-    assert _loops.team_entry.cache_info().currsize == len(_loops.team_loops()) == 9
+    assert _loops.team_entry.cache_info().currsize == len(_loops.team_loops()) > 0
