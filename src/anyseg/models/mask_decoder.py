@@ -471,13 +471,12 @@ def compile_loops() -> None:
     warmup`` and the studio's start call this."""
     kernels.compile_team_entries()
     dim, side = 64, 4
-    with torch.random.fork_rng(devices=[]):  # the caller's random numbers stay as they were
+    with torch.random.fork_rng(devices=[]), torch.inference_mode():  # the caller's random numbers untouched
         decoder = MaskDecoder(MaskDecoderConfig(dim=dim, pred_obj_scores=True, use_high_res_features=True,
                                                 dynamic_multimask_via_stability=True)).eval()
         embed, pe = torch.randn(1, dim, side, side), torch.randn(1, dim, side, side)
         sparse, dense = torch.randn(1, 2, dim), torch.randn(dim)[None, :, None, None].expand(1, -1, side, side)
         high_res = [torch.randn(1, dim // 8, 4 * side, 4 * side), torch.randn(1, dim // 4, 2 * side, 2 * side)]
-    with torch.inference_mode():
         for twin, dtype in ((decoder, torch.float32), (decoder.copy_in(torch.bfloat16), torch.bfloat16),
                             (decoder.copy_in(torch.bfloat16, int8=True), torch.bfloat16)):
             features = [f.to(dtype) for f in high_res]
