@@ -211,6 +211,15 @@ def test_connection_refused(refused_url, tmp_path):
     assert not dest.exists() and not _part(dest).exists()
 
 
+def test_cache_folder_that_cannot_be_written(refused_url, tmp_path):
+    """A weights cache the user cannot write (here: beneath a file) is a clear error naming
+    the way out, before any download."""
+    (tmp_path / "home").write_text("a file, not a folder")
+    with pytest.raises(WeightsUnavailableError) as info:
+        hub.download(refused_url, tmp_path / "home" / "checkpoints" / "file.pt", SHA, progress=False)
+    assert "ANYSEG_HOME" in str(info.value) and refused_url in str(info.value) and "--checkpoint" in str(info.value)
+
+
 def test_timeout(server, tmp_path):
     base, _ = server
     dest = tmp_path / "file.pt"

@@ -89,15 +89,15 @@ def download(
     Bytes go to ``dest + ".part"`` first; a ``.part`` left by an interrupted download
     is resumed with a Range request (or restarted if the server ignores Range). After
     the SHA-256 matches, the file is renamed to ``dest`` atomically. On a mismatch the
-    ``.part`` is deleted. Network errors (refused, timed out, dropped, HTTP 4xx/5xx)
-    and checksum mismatches raise :class:`WeightsUnavailableError`, naming the URL and
-    the path to place the file at by hand. With ``sha256=None`` nothing is verified
+    ``.part`` is deleted. Network errors (refused, timed out, dropped, HTTP 4xx/5xx),
+    a folder that cannot be written and checksum mismatches raise
+    :class:`WeightsUnavailableError`, naming the URL and where to place the file by hand. With ``sha256=None`` nothing is verified
     and a warning says so once.
     """
     dest = Path(dest)
     part = dest.with_suffix(dest.suffix + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
         _fetch(url, part, progress, timeout)
     except _NETWORK_ERRORS as exc:
         if isinstance(exc, urllib.error.HTTPError):
@@ -107,6 +107,11 @@ def download(
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise WeightsUnavailableError(
             f"could not download {url}: {reason}. {_by_hand(url, dest)}"
+        ) from exc
+    except OSError as exc:  # the folder: no rights to it, read-only, full
+        raise WeightsUnavailableError(
+            f"could not write {exc.filename or part}: {exc.strerror or exc}. Set ANYSEG_HOME to a writable folder, or download "
+            f"{url} by hand and load it with checkpoint=PATH (Python) / --checkpoint PATH (command line)."
         ) from exc
     actual = sha256_of(part)
     if sha256 is None:
