@@ -117,6 +117,38 @@ def test_bad_arguments(photo, tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [
+    ["segment", "{photo}", "--point", "1,1"],
+    ["everything", "{photo}"],
+    ["track", "{photo}", "--prompt", "0:1:point=1,1"],
+    ["eval", "clicks", "--images", "{tmp}", "--gt", "{photo}"],
+    ["eval", "saco-image", "--gt", "{photo}", "--pred", "{photo}"],
+])
+def test_an_output_folder_that_cannot_be_written_is_refused_first(command, photo, tmp_path, capsys):
+    """Before any model is loaded (the checkpoint named does not even exist) or any work
+    done: here a file stands where the folder would be."""
+    (tmp_path / "taken").write_text("a file")
+    argv = [a.format(photo=photo, tmp=tmp_path) for a in command]
+    if command[0] != "eval" or command[1] == "clicks":
+        argv += ["--checkpoint", str(tmp_path / "missing.pt")]
+    assert main([*argv, "--out", str(tmp_path / "taken" / "out")]) == 2
+    assert f"cannot write in the output folder {tmp_path / 'taken' / 'out'}" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_line(photo, tmp_path, capsys, monkeypatch):
+    """A file-system error in the middle of the work (here: no space left) is one line, not a
+    traceback."""
+    import anyseg.cli.segment as segment
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "o" / "mask_0.png"))
+
+    monkeypatch.setattr(segment, "load_model_from_args", full)
+    assert main(["segment", str(photo), "--model", "sam2.1-tiny", "--point", "1,1", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("anyseg: error: [Errno 28] No space left on device") and "Traceback" not in err
+
+
 def test_unreadable_image(checkpoint, tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 truncated")

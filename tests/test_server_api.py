@@ -778,6 +778,12 @@ def test_fixture_checkpoint_loads_on_retry_and_segments(fixture_checkpoint, samp
         assert Image.open(io.BytesIO(mask.content)).size == (800, 534)
 
 
+def test_a_data_folder_that_cannot_be_written_is_refused_at_creation(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(InvalidInputError, match="cannot write in the studio's data folder"):
+        create_app(ServerSettings(data_dir=tmp_path / "taken" / "studio"))
+
+
 def test_loading_on_the_cpu_compiles_the_loops(fixture_checkpoint, monkeypatch):
     """The model is ready only once the CPU loops are compiled, so the first click does not
     wait for numba (the first time after an install)."""

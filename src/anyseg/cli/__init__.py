@@ -2,8 +2,9 @@
 
 Each sub-command lives in its own module that exposes ``register(subparsers)``; the
 module adds its parser and sets ``func`` to a handler taking the parsed arguments and
-returning an exit code. Errors anyseg raises on purpose (:class:`AnysegError`) are
-printed as one clear line, never as a traceback.
+returning an exit code. Errors anyseg raises on purpose (:class:`AnysegError`) and those of
+the file system (``OSError``: no rights, no space) are printed as one clear line, never as a
+traceback.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except AnysegError as exc:
         print(f"anyseg: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the files and folders around it: rights, space, a path gone
+        print(f"anyseg: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("anyseg: interrupted", file=sys.stderr)
         return 130

@@ -12,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from anyseg.cli.common import PRECISIONS
+from anyseg.cli.common import PRECISIONS, output_folder
 
 
 def _names(known: tuple[str, ...] | None):
@@ -105,6 +105,7 @@ def run_bench(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     for precision in args.precisions:
         check_precision(precision, device)
+    output_folder(args.out)
     cfg = bench.Config(models=args.models, measures=args.measures, repeat=args.repeat, iters=args.iters,
                        click_iters=args.clicks, frames=args.frames, threads=args.threads, image=args.image,
                        everything_image=args.everything_image, video=args.video, official=official,

@@ -35,6 +35,14 @@ def load_model_from_args(args: argparse.Namespace):
     return load_model(args.model, checkpoint=args.checkpoint, device=args.device)
 
 
+def output_folder(path: str | None):
+    """``--out`` as a path, checked writable before any model work (made when written to;
+    None stays None)."""
+    from anyseg.io.export import writable_folder
+
+    return None if path is None else writable_folder(path, make=False)
+
+
 def numbers(text: str, count: tuple[int, ...], what: str) -> list[float]:
     """Parse ``"1,2,3"`` into floats, requiring one of the lengths in ``count``."""
     try:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anyseg.cli.common import add_model_args, load_model_from_args
+from anyseg.cli.common import add_model_args, load_model_from_args, output_folder
 
 if TYPE_CHECKING:
     from anyseg.metrics.vos import VosResult
@@ -137,6 +137,7 @@ def _print_table(title: str, table: str) -> None:
 def run_vos(args: argparse.Namespace) -> int:
     from anyseg.metrics import report, vos
 
+    output_folder(args.out)
     result = vos.evaluate(
         args.gt,
         args.pred,
@@ -173,6 +174,7 @@ def _report_vos(result: VosResult, out: Path | None) -> None:
 def run_saco_video(args: argparse.Namespace) -> int:
     from anyseg.metrics import report, saco
 
+    output_folder(args.out)
     gt = saco.load_video_gt(args.gt)
     preds = saco.load_video_predictions(args.pred, gt)
     result = saco.evaluate_video(gt, preds, progress=report.progress_bar("queries"))
@@ -210,6 +212,7 @@ def run_saco_video(args: argparse.Namespace) -> int:
 def run_saco_image(args: argparse.Namespace) -> int:
     from anyseg.metrics import report, saco
 
+    output_folder(args.out)
     gts = [saco.load_image_gt(path) for path in args.gt]
     preds = saco.load_image_predictions(args.pred, gts[0])
     result = saco.evaluate_image(gts, preds, progress=report.progress_bar("queries"))
@@ -235,6 +238,7 @@ def run_clicks(args: argparse.Namespace) -> int:
     from anyseg.metrics import clicks, report
     from anyseg.predictors.image import ImagePredictor
 
+    output_folder(args.out)
     targets, skipped = clicks.load_targets(args.images, args.gt)
     predictor = ImagePredictor(load_model_from_args(args), precision=args.precision)
     result = clicks.evaluate(predictor, targets, args.max_clicks, skipped, progress=report.progress_bar("images"))
@@ -260,6 +264,7 @@ def run_track(args: argparse.Namespace) -> int:
     from anyseg.metrics import report, track, vos
     from anyseg.predictors.video import VideoPredictor
 
+    output_folder(args.out)
     plans = track.plan_videos(args.video_dir, args.gt)
     predictor = VideoPredictor(load_model_from_args(args), precision=args.precision)
     pred_root = args.out / "pred"

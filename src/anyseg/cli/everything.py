@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from anyseg.cli.common import add_model_args, load_model_from_args
+from anyseg.cli.common import add_model_args, load_model_from_args, output_folder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 OVERLAY_CHUNK = 32  # masks decoded at once when drawing an overlay
@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if not readable:
         raise InvalidInputError(f"none of the {len(skipped)} image files in {args.input} can be read")
 
+    out = output_folder(args.out)
     model = load_model_from_args(args)
     generator = MaskGenerator(
         model,
@@ -88,7 +89,6 @@ def run(args: argparse.Namespace) -> int:
         output_mode="coco_rle",
         precision=args.precision,
     )
-    out = Path(args.out)
     names = _output_names(readable)
     images, annotations = [], []
     started = time.perf_counter()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
-from anyseg.cli.common import add_model_args, load_model_from_args, numbers
+from anyseg.cli.common import add_model_args, load_model_from_args, numbers, output_folder
 
 
 def _point(text: str) -> list[float]:
@@ -50,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.point and args.box is None:
         raise InvalidInputError("give at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
+    out_dir = output_folder(args.out)
     model = load_model_from_args(args)
     image = load_image(args.image)
     multimask = args.multimask if args.multimask is not None else (len(args.point) == 1 and args.box is None)
@@ -63,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     out = pred.predict(points=points, labels=labels, box=args.box, multimask=multimask)
     t2 = time.perf_counter()
 
-    out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     order = sorted(range(len(out.scores)), key=lambda k: -float(out.scores[k]))
     records = []

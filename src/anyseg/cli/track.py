@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import re
-from pathlib import Path
 
-from anyseg.cli.common import add_model_args, load_model_from_args, numbers
+from anyseg.cli.common import add_model_args, load_model_from_args, numbers, output_folder
 
 _PROMPT = re.compile(r"^(\d+):(\d+):(point|box)=(.+)$")
 
@@ -57,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from anyseg.io.masks import decode_rle, encode_rle, mask_to_box
     from anyseg.predictors.video import VideoPredictor
 
+    out = output_folder(args.out)
     model = load_model_from_args(args)
     session = VideoPredictor(model, fill_hole_area=args.fill_hole_area, precision=args.precision).open(args.video)
     with session:
@@ -71,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
         frames = sorted({f for f, _, _, _ in args.prompt})
         start = frames[-1] if args.reverse else frames[0]
 
-        out = Path(args.out)
         mask_dir = out / "masks"
         mask_dir.mkdir(parents=True, exist_ok=True)
         annotations = []

@@ -251,6 +251,30 @@ def atomic_path(path: PathLike) -> Iterator[str]:
         raise
 
 
+def writable_folder(path: PathLike, what: str = "the output folder", make: bool = True) -> Path:
+    """``path`` as a folder this process can write files in, made (with its parents) where
+    missing, or with ``make=False`` only checked (the nearest folder that exists must be
+    writable: nothing is left behind if the work fails); else :class:`InvalidInputError`
+    naming ``what`` and why (no rights, read-only, a file in the way). Called before long
+    work, so that none is lost to it."""
+    folder = Path(path).expanduser()
+    try:
+        if make:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+            return folder
+        existing = folder.absolute()
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(13, f"{existing} cannot be written")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write in {what} {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
 def _save_pil(path: PathLike, image: Image.Image) -> None:
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")

@@ -34,6 +34,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from anyseg import __version__, hub
 from anyseg.errors import AnysegError
+from anyseg.io.export import writable_folder
 from anyseg.models.registry import get_spec
 from anyseg.server.errors import ApiError, status_of
 from anyseg.server.exports import MEDIA_TYPES, ExportFormat, Exporter, download_name
@@ -100,7 +101,7 @@ class Studio:
         if model is None and settings.model is not None:
             get_spec(settings.model)  # an unknown name fails now, with suggestions
         self.settings = settings
-        self.data_dir = settings.data_dir or hub.home() / "studio"
+        self.data_dir = writable_folder(settings.data_dir or hub.home() / "studio", "the studio's data folder")
         self.store = Store(self.data_dir / "studio.db")
         self.library = MediaLibrary(self.data_dir, MediaLimits(settings.max_upload_bytes, settings.max_pixels,
                                                                settings.max_video_frames))
