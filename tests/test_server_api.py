@@ -6,12 +6,14 @@ fixture checkpoint through ``load_model(checkpoint=...)``, as ``anyseg serve --c
 
 from __future__ import annotations
 
+import errno
 import gc
 import io
 import json
 import logging
 import os
 import signal
+import sqlite3
 import struct
 import threading
 import time
@@ -263,6 +265,24 @@ def test_bad_uploads(client, clip):
     assert client.get("/api/projects").json() == []  # nothing half-made was kept
     media = client.app.state.studio.data_dir / "media"
     assert list(media.iterdir()) == []
+
+
+@pytest.mark.parametrize("error, status", [
+    (OSError(errno.ENOSPC, "No space left on device"), 507),
+    (sqlite3.OperationalError("database or disk is full"), 507),
+    (OSError(errno.EIO, "Input/output error"), 500),
+    (sqlite3.OperationalError("disk I/O error"), 500),
+])
+def test_a_full_disk_is_507_and_keeps_nothing(client, monkeypatch, error, status):
+    from anyseg.server import media
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(media.MediaLibrary, "_adopt", failing)
+    r = client.post("/api/sessions", files={"file": ("a.png", png_bytes(64, 48), "image/png")})
+    assert_error(r, status, "insufficient_storage" if status == 507 else "internal")
+    assert not list((client.app.state.studio.data_dir / "media").iterdir())
 
 
 def test_exif_orientation_is_applied(client):

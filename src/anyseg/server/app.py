@@ -3,16 +3,18 @@
 :func:`create_app` builds an app from :class:`ServerSettings`. Routes only translate: requests
 become session or store calls (model work on the inference thread), results become JSON, JPEG
 frames, Server-Sent Events or exported files. Errors always leave as JSON
-``{"error", "detail"}`` with a 4xx status (a 503 while the model is unavailable, a bare 500
-without any detail of the failure for bugs, which are logged here).
+``{"error", "detail"}`` with a 4xx status (a 503 while the model is unavailable, a 507 when the
+disk is full, a bare 500 without any detail of the failure for bugs, which are logged here).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -157,7 +159,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in [(400, "a malformed request body"), (404, "unknown id"),
                        (409, "the session is busy tracking, or an action does not fit its state"),
                        (422, "invalid input: out-of-bounds prompt, bad media, bad parameters"),
-                       (503, "the model is not available (yet)")]
+                       (503, "the model is not available (yet)"),
+                       (507, "the server's disk is full: nothing was kept")]
 }
 SESSION_CREATED = {**ERRORS, 413: {"model": ErrorResponse, "description": "upload too large"},
                    415: {"model": ErrorResponse, "description": "not an image or a video"}}
@@ -440,6 +443,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
         return _error(500, "internal", "internal server error; the server's log has the details")
+
+    async def storage_error(request: Request, exc: OSError | sqlite3.Error) -> JSONResponse:
+        # SQLite says so in its message (SQLITE_FULL's; Python 3.10 has no error codes)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT) if isinstance(exc, OSError) else (
+            "database or disk is full" in str(exc))
+        if not full:
+            return await internal_error(request, exc)
+        log.error("no space left for %s %s: %s", request.method, request.url.path, exc)
+        return _error(507, "insufficient_storage",
+                      "the server has no space left to store this (nothing was kept); free some, then try again")
+
+    app.add_exception_handler(OSError, storage_error)
+    app.add_exception_handler(sqlite3.Error, storage_error)
 
 
 class BodyLimitMiddleware:
