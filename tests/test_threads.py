@@ -84,3 +84,62 @@ def test_placement_not_allowed_is_left_to_the_system(team_of_every_cpu, monkeypa
 
     assert in_new_thread(twice) == (set(CPUS), set(CPUS))
     assert len(calls) == 1  # tried once per thread, then left alone
+
+
+# --------------------------------------------------------------------------- CPU quotas
+def cgroup(root, files: dict[str, str]):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return str(root)
+
+
+@pytest.mark.parametrize("files, quota", [
+    ({"cpu.max": "200000 100000\n"}, 2),
+    ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: two threads
+    ({"cpu.max": "20000 100000\n"}, 1),
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cpu.max": "garbage\n"}, None),
+    ({}, None),
+])
+def test_cpu_quota_of_cgroup_files(tmp_path, files, quota):
+    from anyseg._process import cpu_quota
+
+    assert cpu_quota(cgroup(tmp_path, files)) == quota
+
+
+@pytest.mark.parametrize("membership, quota", [
+    ("0::/pod/app\n", 2),  # v2: the pod's limit above the container's group
+    ("4:cpu,cpuacct:/pod/app\n", 3),  # v1: the container's own group
+    ("0::/elsewhere\n", 4),  # groups not under this root: the root's
+])
+def test_cpu_quota_along_the_process_group(tmp_path, membership, quota):
+    from anyseg._process import cpu_quota
+
+    root = cgroup(tmp_path / "fs", {"cpu.max": "400000 100000", "pod/cpu.max": "200000 100000",
+                                    "pod/app/cpu.max": "max 100000", "cpu/cpu.cfs_quota_us": "-1",
+                                    "cpu/cpu.cfs_period_us": "100000", "cpu/pod/app/cpu.cfs_quota_us": "250000",
+                                    "cpu/pod/app/cpu.cfs_period_us": "100000"})
+    (tmp_path / "cgroup").write_text(membership)
+    assert cpu_quota(root, str(tmp_path / "cgroup")) == quota
+
+
+def test_threads_fit_a_quota_unless_the_environment_sets_them(monkeypatch):
+    from anyseg import _process
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(_process, "cpu_quota", lambda: 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert _process.fit_threads_to_quota() is None and torch.get_num_threads() == threads
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    try:
+        assert _process.fit_threads_to_quota() == 1
+        assert os.environ["OMP_NUM_THREADS"] == "1" and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(_process, "cpu_quota", lambda: 8)  # more than the CPUs seen: nothing to do
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert _process.fit_threads_to_quota() is None

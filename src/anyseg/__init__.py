@@ -12,6 +12,7 @@ from anyseg import _process
 # before torch is imported: see anyseg/_process.py
 _process.huge_page_buffers()
 _process.keep_freed_memory()
+_process.fit_threads_to_quota()
 
 from anyseg.errors import (  # noqa: E402
     AnysegError,

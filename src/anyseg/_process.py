@@ -1,4 +1,5 @@
-"""Process-wide memory settings anyseg makes when it is imported (torch on the CPU).
+"""Process-wide settings anyseg makes when it is imported (torch on the CPU): memory, and the
+thread count in a container with a CPU quota (:func:`fit_threads_to_quota`).
 
 An encode allocates and frees buffers of tens to hundreds of MB, layer after layer. By
 default glibc serves each with a fresh ``mmap`` and returns it on free, so every buffer's
@@ -61,3 +62,59 @@ def _mallopt_all() -> bool:
     # the threshold first: once it is set, malloc stops adjusting both thresholds itself
     return bool(mallopt(_M_MMAP_THRESHOLD, int(MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]))
                 and mallopt(_M_TRIM_THRESHOLD, int(MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"])))
+
+
+def cpu_quota(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> int | None:
+    """The CPUs this process's cgroup may use at once by its CPU quota (a container's
+    ``--cpus``, a Kubernetes CPU limit), rounded up; None where it has none. The lowest of
+    cgroup v2's ``cpu.max`` and v1's ``cpu.cfs_quota_us / cpu.cfs_period_us`` along the
+    process's group (as ``membership`` lists it) and those above it (in a container, up to
+    the root it sees)."""
+
+    def ratio(path: str, v2: bool) -> int | None:
+        try:
+            if v2:
+                with open(os.path.join(root, path, "cpu.max")) as f:
+                    quota, period = f.read().split()
+            else:
+                with open(os.path.join(root, path, "cpu.cfs_quota_us")) as f, \
+                        open(os.path.join(root, path, "cpu.cfs_period_us")) as g:
+                    quota, period = f.read().strip(), g.read().strip()
+            return None if quota == "max" or int(quota) <= 0 else max(1, -(-int(quota) // int(period)))
+        except (OSError, ValueError):
+            return None
+
+    groups = {}  # controller ("" for v2's unified tree) -> the process's group
+    try:
+        with open(membership) as f:
+            for line in f:
+                _, controllers, group = line.rstrip("\n").split(":", 2)
+                groups.update(dict.fromkeys(controllers.split(","), group))
+    except (OSError, ValueError):
+        pass
+
+    def upwards(group: str) -> list[str]:  # the group, its parents, the root
+        parts = [p for p in group.split("/") if p]
+        return ["/".join(parts[:k]) for k in range(len(parts), -1, -1)]
+
+    found = [ratio(path, v2=True) for path in upwards(groups.get("", "/"))]
+    found += [ratio(os.path.join("cpu", path), v2=False) for path in upwards(groups.get("cpu", "/"))]
+    found = [q for q in found if q is not None]
+    return min(found) if found else None
+
+
+def fit_threads_to_quota() -> int | None:
+    """Where the CPU quota (:func:`cpu_quota`) allows fewer CPUs than the process can see and
+    ``OMP_NUM_THREADS`` is not set, set it to the quota (torch reads it when it starts; if it
+    has started, its thread count is set too) and return the quota; else None. Torch counts
+    the CPUs it sees, in a container the host's: its threads would wait on each other's
+    slices of the quota, many times slower."""
+    quota = cpu_quota()
+    visible = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if quota is None or quota >= visible or "OMP_NUM_THREADS" in os.environ:
+        return None
+    os.environ["OMP_NUM_THREADS"] = str(quota)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() > quota:
+        torch.set_num_threads(quota)
+    return quota
