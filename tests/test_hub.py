@@ -220,6 +220,28 @@ def test_cache_folder_that_cannot_be_written(refused_url, tmp_path):
     assert "ANYSEG_HOME" in str(info.value) and refused_url in str(info.value) and "--checkpoint" in str(info.value)
 
 
+@pytest.mark.skipif(os.name != "posix", reason="turns are taken with POSIX file locks")
+def test_a_second_download_of_the_same_file_waits_for_the_first(refused_url, tmp_path, capsys):
+    """Two processes fetching the same weights (two workers started at once) take turns: the
+    one that waited finds the file in place and never writes the .part (here it could not
+    even connect)."""
+    import fcntl
+
+    dest = tmp_path / "file.pt"
+    with open(tmp_path / "file.pt.lock", "a") as first:  # the first process, mid-download
+        fcntl.flock(first, fcntl.LOCK_EX)
+        result = {}
+        second = threading.Thread(target=lambda: result.update(path=hub.download(refused_url, dest, SHA, False)))
+        second.start()
+        time.sleep(0.3)
+        assert second.is_alive()
+        dest.write_bytes(PAYLOAD)  # what the first one's download renames into place
+        fcntl.flock(first, fcntl.LOCK_UN)
+    second.join(10)
+    assert result == {"path": dest} and not _part(dest).exists()
+    assert "waiting for another process to finish downloading file.pt" in capsys.readouterr().err
+
+
 def test_timeout(server, tmp_path):
     base, _ = server
     dest = tmp_path / "file.pt"

@@ -89,15 +89,50 @@ def download(
     Bytes go to ``dest + ".part"`` first; a ``.part`` left by an interrupted download
     is resumed with a Range request (or restarted if the server ignores Range). After
     the SHA-256 matches, the file is renamed to ``dest`` atomically. On a mismatch the
-    ``.part`` is deleted. Network errors (refused, timed out, dropped, HTTP 4xx/5xx),
-    a folder that cannot be written and checksum mismatches raise
-    :class:`WeightsUnavailableError`, naming the URL and where to place the file by hand. With ``sha256=None`` nothing is verified
-    and a warning says so once.
+    ``.part`` is deleted. Network errors (refused, timed out, dropped, HTTP 4xx/5xx), a
+    folder that cannot be written and checksum mismatches raise
+    :class:`WeightsUnavailableError`, naming the URL and where to place the file by hand.
+    With ``sha256=None`` nothing is verified and a warning says so once. Processes that
+    download the same file take turns (a lock on ``dest + ".lock"``, POSIX): the next one
+    finds the file in place and returns it, verified, instead of writing the ``.part`` too.
     """
     dest = Path(dest)
-    part = dest.with_suffix(dest.suffix + ".part")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(dest.with_suffix(dest.suffix + ".lock"), "a")
+    except OSError as exc:
+        raise _unwritable(exc, dest, url) from exc
+    with lock:
+        _take_turn(lock, dest)
+        if dest.is_file() and (sha256 is None or _verified_hash(dest) == sha256):
+            return dest  # another process's download, finished while this one waited
+        return _download_now(url, dest, sha256, progress, timeout)
+
+
+def _unwritable(exc: OSError, dest: Path, url: str) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"could not write {exc.filename or dest}: {exc.strerror or exc}. Set ANYSEG_HOME to a writable folder, "
+        f"or download {url} by hand and load it with checkpoint=PATH (Python) / --checkpoint PATH (command line)."
+    )
+
+
+def _take_turn(lock, dest: Path) -> None:
+    """Wait, saying so, while another process holds the lock of ``dest``'s download."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no turns
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"anyseg: waiting for another process to finish downloading {dest.name}", file=sys.stderr)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+
+
+def _download_now(url: str, dest: Path, sha256: str | None, progress: bool, timeout: float) -> Path:
+    """:func:`download`'s work, under its lock."""
+    part = dest.with_suffix(dest.suffix + ".part")
+    try:
         _fetch(url, part, progress, timeout)
     except _NETWORK_ERRORS as exc:
         if isinstance(exc, urllib.error.HTTPError):
@@ -109,10 +144,7 @@ def download(
             f"could not download {url}: {reason}. {_by_hand(url, dest)}"
         ) from exc
     except OSError as exc:  # the folder: no rights to it, read-only, full
-        raise WeightsUnavailableError(
-            f"could not write {exc.filename or part}: {exc.strerror or exc}. Set ANYSEG_HOME to a writable folder, or download "
-            f"{url} by hand and load it with checkpoint=PATH (Python) / --checkpoint PATH (command line)."
-        ) from exc
+        raise _unwritable(exc, dest, url) from exc
     actual = sha256_of(part)
     if sha256 is None:
         _warn_unverified(dest)
