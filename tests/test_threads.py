@@ -140,6 +140,7 @@ def test_threads_fit_a_quota_unless_the_environment_sets_them(monkeypatch):
         assert os.environ["OMP_NUM_THREADS"] == "1" and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+    assert _process.usable_cpus() == 1  # anyseg bench's default threads
     monkeypatch.setattr(_process, "cpu_quota", lambda: 8)  # more than the CPUs seen: nothing to do
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert _process.fit_threads_to_quota() is None
+    assert _process.fit_threads_to_quota() is None and _process.usable_cpus() == 4

@@ -103,6 +103,15 @@ def cpu_quota(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup
     return min(found) if found else None
 
 
+def _visible_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def usable_cpus() -> int:
+    """The CPUs this process can run on (its affinity), capped by its CPU quota."""
+    return min(_visible_cpus(), cpu_quota() or _visible_cpus())
+
+
 def fit_threads_to_quota() -> int | None:
     """Where the CPU quota (:func:`cpu_quota`) allows fewer CPUs than the process can see and
     ``OMP_NUM_THREADS`` is not set, set it to the quota (torch reads it when it starts; if it
@@ -110,8 +119,7 @@ def fit_threads_to_quota() -> int | None:
     the CPUs it sees, in a container the host's: its threads would wait on each other's
     slices of the quota, many times slower."""
     quota = cpu_quota()
-    visible = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if quota is None or quota >= visible or "OMP_NUM_THREADS" in os.environ:
+    if quota is None or quota >= _visible_cpus() or "OMP_NUM_THREADS" in os.environ:
         return None
     os.environ["OMP_NUM_THREADS"] = str(quota)
     torch = sys.modules.get("torch")

@@ -465,7 +465,7 @@ class Config:
     iters: int = 3
     click_iters: int = 20
     frames: int = 15
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    threads: int = field(default_factory=_process.usable_cpus)
     image: str = str(DEFAULT_IMAGE)
     everything_image: str = str(DEFAULT_EVERYTHING_IMAGE)
     video: str = str(DEFAULT_VIDEO)

@@ -9,9 +9,9 @@ module and torch.profiler's top operators).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from anyseg._process import usable_cpus
 from anyseg.cli.common import PRECISIONS, output_folder
 
 
@@ -64,8 +64,9 @@ def register(sub) -> None:
     p.add_argument("--pause", type=float, default=0.1, metavar="SECONDS",
                    help="idle time before each timed call, so neither side's spinning threads overlap the "
                         "other's call (default: 0.1)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="N",
-                   help="torch threads on both sides (default: all cores)")
+    p.add_argument("--threads", type=int, default=usable_cpus(), metavar="N",
+                   help="torch threads on both sides (default: the CPUs this process may use, within a "
+                        "container's CPU quota)")
     p.add_argument("--image", default=str(bench.DEFAULT_IMAGE), metavar="PATH",
                    help="image for encode, click and memory (default: shared samples truck.jpg)")
     p.add_argument("--everything-image", default=str(bench.DEFAULT_EVERYTHING_IMAGE), metavar="PATH",
