@@ -33,3 +33,11 @@ def test_loops_run_without_a_cache_folder():
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert "compiled again in each process" in run.stderr
+
+
+def test_warmup_without_a_cache_folder_says_what_to_set(monkeypatch, capsys):
+    from anyseg.cli import main
+
+    monkeypatch.setattr(_loops, "_DISK_CACHE", False)
+    assert main(["warmup"]) == 2
+    assert "set NUMBA_CACHE_DIR" in capsys.readouterr().err
