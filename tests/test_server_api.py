@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import struct
 import threading
@@ -741,15 +742,17 @@ def test_serve_command(tmp_path, monkeypatch, capsys, fixtures_dir):
     image = tmp_path / "photo.png"
     image.write_bytes(png_bytes(64, 48))
     checkpoint = str(fixtures_dir / "sam2.1_hiera_tiny.random.pt")
+    port = free_port()
     assert main(["serve", "--checkpoint", checkpoint, "--data-dir", str(tmp_path / "d"), "--open", str(image),
-                 "--port", "8123"]) == 0
-    assert served["host"] == "127.0.0.1" and served["port"] == 8123
+                 "--port", str(port)]) == 0
+    assert served["host"] == "127.0.0.1" and served["port"] == port
     studio = served["app"].state.studio
     assert studio.settings.allowed_hosts == ["127.0.0.1", "localhost", "[::1]"]  # loopback only
     project = studio.store.projects()[0]
-    assert f"http://127.0.0.1:8123/#project={project.id}" in capsys.readouterr().err
+    assert f"http://127.0.0.1:{port}/#project={project.id}" in capsys.readouterr().err
     assert studio.settings.precision == "fp32"
-    assert main(["serve", "--checkpoint", checkpoint, "--data-dir", str(tmp_path / "d"), "--precision", "int8"]) == 0
+    assert main(["serve", "--checkpoint", checkpoint, "--data-dir", str(tmp_path / "d"), "--precision", "int8",
+                 "--port", str(port)]) == 0
     assert served["app"].state.studio.holder.precision == "int8"
     assert main(["serve", "--model", "sam2.1-tinny"]) == 2
     assert "Did you mean 'sam2.1-tiny'" in capsys.readouterr().err
@@ -757,9 +760,15 @@ def test_serve_command(tmp_path, monkeypatch, capsys, fixtures_dir):
     (tmp_path / "notes.txt").write_text("hello")
     assert main(["serve", "--open", str(tmp_path / "notes.txt"), "--data-dir", str(tmp_path / "d")]) == 2
     assert "neither an image nor a video" in capsys.readouterr().err
-    assert main(["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "d")]) == 0
+    assert main(["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "d"), "--port", str(port)]) == 0
     assert served["app"].state.studio.settings.allowed_hosts is None
     assert "anyone who can reach it" in capsys.readouterr().err
+    with socket.socket() as taken:  # another server on the port: refused before the model loads
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        served.clear()
+        assert main(["serve", "--data-dir", str(tmp_path / "d"), "--port", str(port)]) == 2
+        assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err and not served
 
 
 # --------------------------------------------------------------------------- the fixture checkpoint

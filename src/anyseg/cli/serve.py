@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if not loopback:
         print(f"anyseg: warning: listening on {args.host}: anyone who can reach it can use the studio",
               file=sys.stderr)
+    _check_port(args.host, args.port)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"anyseg studio: http://{shown}:{args.port}/{page}  (API docs at /docs; Ctrl+C to stop)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -92,6 +94,20 @@ def _add_project(studio, path: Path) -> str:
     with stream:
         media = studio.library.ingest(stream, path.name)
     return studio.store.create_project(path.name, media).id
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse, before the model starts loading, an address the server could not listen on (a
+    port in use: another studio?), as uvicorn would bind it."""
+    from anyseg.errors import InvalidInputError
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise InvalidInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                                "(another server there? choose another --port)") from None
 
 
 def _is_loopback(host: str) -> bool:
