@@ -763,6 +763,8 @@ def test_serve_command(tmp_path, monkeypatch, capsys, fixtures_dir):
     assert main(["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "d"), "--port", str(port)]) == 0
     assert served["app"].state.studio.settings.allowed_hosts is None
     assert "anyone who can reach it" in capsys.readouterr().err
+    assert main(["serve", "--port", "70000"]) == 2
+    assert "--port must be between 1 and 65535" in capsys.readouterr().err
     with socket.socket() as taken:  # another server on the port: refused before the model loads
         taken.bind(("127.0.0.1", port))
         taken.listen()

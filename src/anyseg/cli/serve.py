@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0 or args.session_ttl <= 0 or args.max_sessions < 1:
         raise InvalidInputError("--max-upload-mb and --session-ttl must be positive, --max-sessions at least 1")
+    if not 0 < args.port < 65536:
+        raise InvalidInputError(f"--port must be between 1 and 65535, got {args.port}")
     loopback = args.host == "localhost" or _is_loopback(args.host)
     settings = ServerSettings(
         model=args.model or (None if args.checkpoint else "sam2.1-tiny"),
