@@ -167,6 +167,14 @@ def test_unreadable_and_missing_files(tmp_path):
 # --- folders ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("ext", ["jpg", "png", "webp", "bmp"])
+def test_a_still_image_is_not_a_video(tmp_path, ext):
+    path = tmp_path / f"photo.{ext}"
+    Image.fromarray(np.zeros((16, 24, 3), np.uint8)).save(path)
+    with pytest.raises(MediaError, match="is a still image, not a video"):
+        open_video(path)
+
+
 def test_fixture_frame_folder(fixtures_dir):
     folder = fixtures_dir / "video_frames"
     files = sorted(folder.glob("*.jpg"))

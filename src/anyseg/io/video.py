@@ -342,6 +342,10 @@ def _open_stream(path: str) -> tuple[Any, Any]:
     if not container.streams.video:
         container.close()
         raise MediaError(f"{path} has no video stream")
+    if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # FFmpeg's still-image readers
+        container.close()
+        raise MediaError(f"{path} is a still image, not a video (a folder of frames is one; images are segmented "
+                         "with ImagePredictor / anyseg segment)")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     return container, stream
