@@ -144,7 +144,8 @@ def test_as_rgb_array_accepts_grey_alpha_and_single_channel(rgb):
         (np.zeros((2, 4, 5, 3), np.uint8), r"shape \(2, 4, 5, 3\)"),
         (np.zeros((0, 5, 3), np.uint8), "empty"),
         (np.zeros(5, np.uint8), r"shape \(5, 1\)|shape \(5,\)"),
-        ("image.png", "got str"),
+        ("image.png", r"got the path image.png: read it with anyseg.io.images.load_image"),
+        (5, "got int"),
     ],
 )
 def test_as_rgb_array_rejects(bad, message):

@@ -71,6 +71,9 @@ def as_rgb_array(image: Any) -> np.ndarray:
         if 0 in image.size:
             raise InvalidInputError(f"the image is empty ({image.width}×{image.height} pixels)")
         return _pil_to_rgb(image)
+    if isinstance(image, (str, os.PathLike)):
+        raise InvalidInputError(f"expected an H×W×3 uint8 array or a PIL image, got the path {image}: read it "
+                                "with anyseg.io.images.load_image(path) (which applies its EXIF orientation)")
     if not isinstance(image, np.ndarray) and not hasattr(image, "__array__"):
         raise InvalidInputError(
             f"expected an H×W×3 uint8 array or a PIL image, got {type(image).__name__}"
