@@ -754,11 +754,13 @@ def test_serve_command(tmp_path, monkeypatch, capsys, fixtures_dir):
     assert main(["serve", "--checkpoint", checkpoint, "--data-dir", str(tmp_path / "d"), "--precision", "int8",
                  "--port", str(port)]) == 0
     assert served["app"].state.studio.holder.precision == "int8"
-    assert main(["serve", "--model", "sam2.1-tinny"]) == 2
+    assert main(["serve", "--model", "sam2.1-tinny", "--port", str(port)]) == 2
     assert "Did you mean 'sam2.1-tiny'" in capsys.readouterr().err
-    assert main(["serve", "--open", str(tmp_path / "missing.png"), "--data-dir", str(tmp_path / "d")]) == 2
+    assert main(["serve", "--open", str(tmp_path / "missing.png"), "--data-dir", str(tmp_path / "d"),
+                 "--port", str(port)]) == 2
     (tmp_path / "notes.txt").write_text("hello")
-    assert main(["serve", "--open", str(tmp_path / "notes.txt"), "--data-dir", str(tmp_path / "d")]) == 2
+    assert main(["serve", "--open", str(tmp_path / "notes.txt"), "--data-dir", str(tmp_path / "d"),
+                 "--port", str(port)]) == 2
     assert "neither an image nor a video" in capsys.readouterr().err
     assert main(["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "d"), "--port", str(port)]) == 0
     assert served["app"].state.studio.settings.allowed_hosts is None
@@ -768,9 +770,12 @@ def test_serve_command(tmp_path, monkeypatch, capsys, fixtures_dir):
     with socket.socket() as taken:  # another server on the port: refused before the model loads
         taken.bind(("127.0.0.1", port))
         taken.listen()
+        served_studio = served["app"].state.studio
         served.clear()
-        assert main(["serve", "--data-dir", str(tmp_path / "d"), "--port", str(port)]) == 2
+        projects = len(served_studio.store.projects())
+        assert main(["serve", "--data-dir", str(tmp_path / "d"), "--port", str(port), "--open", str(image)]) == 2
         assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err and not served
+        assert len(served_studio.store.projects()) == projects  # --open's project was not made
 
 
 # --------------------------------------------------------------------------- the fixture checkpoint

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("--max-upload-mb and --session-ttl must be positive, --max-sessions at least 1")
     if not 0 < args.port < 65536:
         raise InvalidInputError(f"--port must be between 1 and 65535, got {args.port}")
+    _check_port(args.host, args.port)
     loopback = args.host == "localhost" or _is_loopback(args.host)
     settings = ServerSettings(
         model=args.model or (None if args.checkpoint else "sam2.1-tiny"),
@@ -78,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
     if not loopback:
         print(f"anyseg: warning: listening on {args.host}: anyone who can reach it can use the studio",
               file=sys.stderr)
-    _check_port(args.host, args.port)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"anyseg studio: http://{shown}:{args.port}/{page}  (API docs at /docs; Ctrl+C to stop)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -99,8 +99,8 @@ def _add_project(studio, path: Path) -> str:
 
 
 def _check_port(host: str, port: int) -> None:
-    """Refuse, before the model starts loading, an address the server could not listen on (a
-    port in use: another studio?), as uvicorn would bind it."""
+    """Refuse, before anything starts (the model's loading, ``--open``'s project), an address
+    the server could not listen on (a port in use: another studio?), as uvicorn binds it."""
     from anyseg.errors import InvalidInputError
 
     try:
