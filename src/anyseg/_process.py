@@ -109,7 +109,8 @@ def _visible_cpus() -> int:
 
 def usable_cpus() -> int:
     """The CPUs this process can run on (its affinity), capped by its CPU quota."""
-    return min(_visible_cpus(), cpu_quota() or _visible_cpus())
+    visible = _visible_cpus()
+    return min(visible, cpu_quota() or visible)
 
 
 def fit_threads_to_quota() -> int | None:

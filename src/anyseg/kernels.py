@@ -82,6 +82,13 @@ def _run(name: str, n: int, *args) -> None:
     team.GOMP_parallel(_loops.team_entry(name), descriptor.ctypes.data, parts, 0)
 
 
+def loops_cached() -> bool:
+    """Whether numba keeps the compiled loops on disk (else each process compiles its own)."""
+    from anyseg import _loops
+
+    return _loops._DISK_CACHE
+
+
 def compile_team_entries() -> None:
     """Compile every loop's team entry now, or read it from numba's cache (each is otherwise
     compiled on its first use): see :func:`anyseg.models.mask_decoder.compile_loops`."""

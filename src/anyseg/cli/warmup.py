@@ -18,11 +18,11 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from anyseg import _loops
     from anyseg.errors import AnysegError
+    from anyseg.kernels import loops_cached
     from anyseg.models.mask_decoder import compile_loops
 
-    if not _loops._DISK_CACHE:  # compiling now would be lost with this process
+    if not loops_cached():  # compiling now would be lost with this process
         raise AnysegError("numba finds no writable folder to cache anyseg's compiled loops in: set NUMBA_CACHE_DIR "
                           "to one (in every process that runs anyseg), then run anyseg warmup again")
     start = time.perf_counter()
