@@ -57,6 +57,45 @@ def test_rle_round_trip_and_json_ready():
     assert decode_rle(rle).dtype == bool
 
 
+def _pycocotools_counts(mask: np.ndarray) -> str:
+    return coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode("ascii")
+
+
+def test_rle_is_pycocotools_string_for_every_kind_of_mask():
+    """encode_rle finds a compact mask's runs from where its columns change and leaves a
+    speckled one to pycocotools: either way pycocotools' own string."""
+    from anyseg.io.masks import _column_runs
+
+    rng = np.random.default_rng(3)
+    masks = [np.zeros((1, 1), bool), np.ones((1, 1), bool), np.ones((7, 1), bool), np.ones((1, 9), bool)]
+    for _ in range(400):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        speckled = rng.random((h, w)) < rng.random()
+        box = np.zeros((h, w), bool)
+        y0, x0 = rng.integers(0, h), rng.integers(0, w)
+        box[y0:y0 + rng.integers(1, h + 1), x0:x0 + rng.integers(1, w + 1)] = True
+        masks += [speckled, box, ~box, np.zeros((h, w), bool), np.ones((h, w), bool)]
+    yy, xx = np.mgrid[:300, :400]
+    masks.append((xx - 200) ** 2 + 4 * (yy - 150) ** 2 < 120**2)  # a compact object
+    masks.append(np.zeros((200, 300), bool)[:, ::2])  # a strided view
+    masks[-1][50:60, 10:20] = True
+    far = np.zeros((3000, 3000), bool)  # run lengths of 24 bits, signed differences
+    far[0, 0] = far[-1, -1] = far[1500, 7] = True
+    masks.append(far)
+    wide = np.zeros((2, 70000), bool)  # more columns than 16 bits count
+    wide[1, 65537:] = True
+    masks.append(wide)
+    for mask in masks:  # rows in memory (the predictors' masks) and columns (pycocotools' decodes)
+        for laid_out in (np.ascontiguousarray(mask), np.asfortranarray(mask)):
+            assert encode_rle(laid_out) == {"size": list(mask.shape), "counts": _pycocotools_counts(mask)}
+    assert _column_runs(masks[-4]) is not None and _column_runs(far) is not None
+    assert _column_runs(np.asfortranarray(masks[-4])) is not None
+    speckled = np.zeros((64, 64), bool)
+    speckled[::2, ::2] = True
+    for laid_out in (speckled, np.asfortranarray(speckled)):
+        assert _column_runs(laid_out) is None and encode_rle(laid_out)["counts"] == _pycocotools_counts(speckled)
+
+
 def test_uncompressed_rle():
     mask = _blobs(1)
     rle = _uncompressed(mask)

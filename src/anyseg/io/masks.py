@@ -1,7 +1,7 @@
 """Binary-mask encodings and geometry, NumPy at the API.
 
 - COCO run-length encoding (:func:`encode_rle`, :func:`decode_rle`, :func:`rle_area`,
-  :func:`rle_to_bbox`) through pycocotools; compressed ``counts`` are ``str``: JSON-ready.
+  :func:`rle_to_bbox`) with pycocotools' strings; compressed ``counts`` are ``str``: JSON-ready.
 - Bit packing as the parity fixtures store masks (:func:`pack_bits`, :func:`unpack_bits`).
 - Boxes and outer polygons of masks (:func:`mask_to_box`, :func:`mask_to_polygons`).
 - Connected-component clean-up with the official semantics (8-connectivity everywhere):
@@ -41,10 +41,65 @@ _OUTGOING = {code: _outgoing(code) for code in range(16)}
 
 
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO RLE of an ``H×W`` mask: ``{"size": [H, W], "counts": str}`` (column-major runs)."""
+    """COCO RLE of an ``H×W`` mask: ``{"size": [H, W], "counts": str}`` (column-major runs),
+    the string pycocotools writes.
+
+    A mask with few runs (any object's mask: a few per column) is encoded from where its
+    columns change (:func:`_column_runs`), in a fraction of the time pycocotools takes to copy
+    the mask to column-major order and visit every pixel; a speckled one by pycocotools."""
     mask = _as_mask(mask, ndim=2)
-    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    counts = _column_runs(mask)
+    if counts is None:
+        rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+        return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    return {"size": [int(s) for s in mask.shape], "counts": _counts_string(counts)}
+
+
+def _column_runs(mask: np.ndarray) -> np.ndarray | None:
+    """The run lengths of bool ``mask`` ``(H, W)`` read column by column, a run of zeros first
+    (possibly empty): ``(R,)`` int64. None where the mask changes at more than one pixel in 64
+    (or is empty), which pycocotools encodes faster."""
+    h, w = mask.shape
+    if mask.flags.f_contiguous:  # already in column order: where it changes along its memory
+        flat = mask.ravel(order="F")
+        changed = flat[1:] != flat[:-1]  # a run starts at i + 1
+        if mask.size == 0 or np.count_nonzero(changed) > mask.size // 64:
+            return None
+        starts = np.flatnonzero(changed) + 1
+        if flat[0]:
+            starts = np.concatenate(([0], starts))
+        return np.diff(starts, prepend=0, append=mask.size)
+    below = mask[1:] != mask[:-1]  # (H-1, W): a run starts at (y + 1, x)
+    if mask.size == 0 or np.count_nonzero(below) > mask.size // 64:
+        return None
+    ys, xs = np.divmod(np.flatnonzero(below), w)
+    # a run also starts at the top of a column whose first value differs from the previous
+    # column's last (the first column: from zero)
+    tops = np.flatnonzero(mask[0] != np.concatenate(([False], mask[-1, :-1])))
+    xs = np.concatenate((tops, xs))
+    ys = np.concatenate((np.zeros(len(tops), np.int64), ys + 1))
+    order = np.argsort(xs.astype(np.uint16 if w <= 1 << 16 else np.int64), kind="stable")  # by column, tops first
+    return np.diff((xs * h + ys)[order], prepend=0, append=h * w)
+
+
+def _counts_string(counts: np.ndarray) -> str:
+    """pycocotools' compressed string of run lengths ``counts`` ``(R,)``: each count (less the
+    count two before it, from the fourth on) in 5-bit groups, least significant first, as
+    characters from ``"0"``, bit 5 set on all but a count's last group, which ends where the
+    rest is the sign extension of its bit 4."""
+    x = counts.astype(np.int64)
+    x[3:] -= counts[1:-2]
+    groups = np.ones(len(x), np.int64)
+    k = 1
+    while True:  # one more group for each value outside [-2^(5k-1), 2^(5k-1))
+        more = (x < -(1 << (5 * k - 1))) | (x >= 1 << (5 * k - 1))
+        if not more.any():
+            break
+        groups += more
+        k += 1
+    ks = np.arange(k)
+    chars = ((x[:, None] >> 5 * ks) & 0x1F) + np.where(ks < groups[:, None] - 1, 0x20, 0) + 48  # (R, k)
+    return chars[ks < groups[:, None]].astype(np.uint8).tobytes().decode("ascii")
 
 
 def decode_rle(rle: dict[str, Any]) -> np.ndarray:
