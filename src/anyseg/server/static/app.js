@@ -383,11 +383,9 @@ function layoutCanvas() {
 }
 
 // ---------------------------------------------------------------------------- masks
-// Decode a COCO RLE (compressed counts, column-major runs) into a row-major 0/1 array.
-const decoded = new WeakMap();
+// Decode a COCO RLE (compressed counts, column-major runs) into a row-major 0/1 array and the
+// bounding box of its ones, [x0, y0, x1, y1] inclusive (null when there are none).
 function decodeRle(rle) {
-  let mask = decoded.get(rle);
-  if (mask) return mask;
   const [h, w] = rle.size;
   const s = rle.counts;
   const counts = [];
@@ -407,16 +405,55 @@ function decodeRle(rle) {
     if (counts.length > 2) x += counts[counts.length - 2];
     counts.push(x);
   }
-  mask = new Uint8Array(h * w);
+  const mask = new Uint8Array(h * w);
+  let box = null;
   let pos = 0;
   for (let i = 0; i < counts.length; i++) {
-    if (i % 2 === 1) {
-      for (let j = pos; j < pos + counts[i]; j++) mask[(j % h) * w + Math.floor(j / h)] = 1;
+    const end = pos + counts[i];
+    if (i % 2 === 1 && end > pos) {
+      const first = Math.floor(pos / h);
+      const last = Math.floor((end - 1) / h);
+      const top = first === last ? pos - first * h : 0; // a run over several columns spans every row
+      const bottom = first === last ? end - 1 - first * h : h - 1;
+      box = box ? [Math.min(box[0], first), Math.min(box[1], top), last, Math.max(box[3], bottom)]
+        : [first, top, last, bottom];
+      for (let j = pos; j < end;) {
+        const x = Math.floor(j / h);
+        const stop = Math.min(end, (x + 1) * h);
+        for (let at = (j - x * h) * w + x; j < stop; j++, at += w) mask[at] = 1;
+      }
     }
-    pos += counts[i];
+    pos = end;
   }
-  decoded.set(rle, mask);
-  return mask;
+  return { mask, box };
+}
+
+// A mask record as drawn, made once per record (a new mask comes as a new record) and kept for
+// the last LAYERS_KEPT records drawn: the bounding box of its pixels, [x0, y0, x1, y1], and over
+// that box, row by row, 0 outside the mask, 1 inside, 2 on its outline `thickness` wide.
+const LAYERS_KEPT = 256;
+const layers = new Map();
+function maskLayer(rle, thickness) {
+  let layer = layers.get(rle);
+  if (layer && layer.thickness === thickness) {
+    layers.delete(rle); // most recently drawn last
+  } else {
+    const [h, w] = rle.size;
+    const { mask, box } = decodeRle(rle);
+    let kinds = null;
+    if (box) {
+      const inner = erode(mask, w, h, thickness, box);
+      const bw = box[2] - box[0] + 1;
+      kinds = new Uint8Array(bw * (box[3] - box[1] + 1));
+      for (let y = box[1], k = 0; y <= box[3]; y++) {
+        for (let i = y * w + box[0], end = i + bw; i < end; i++, k++) kinds[k] = mask[i] ? (inner[i] ? 1 : 2) : 0;
+      }
+    }
+    layer = { box, kinds, thickness };
+  }
+  layers.set(rle, layer);
+  if (layers.size > LAYERS_KEPT) layers.delete(layers.keys().next().value);
+  return layer;
 }
 
 function rgbOf(hex) {
@@ -441,31 +478,34 @@ function renderMasks() {
   for (const obj of [...state.objects.values()].sort((a, b) => a.obj_id - b.obj_id)) {
     const record = masks.get(obj.obj_id);
     if (!record || record.area === 0) continue;
-    const mask = decodeRle(record.rle);
+    const { box, kinds } = maskLayer(record.rle, thickness);
+    if (!box) continue;
     const rgb = rgbOf(obj.color);
     const edge = outlineOf(rgb);
-    const inner = erode(mask, w, h, thickness);
     const alpha = obj.obj_id === state.selected ? 150 : 115;
-    for (let i = 0; i < mask.length; i++) {
-      if (!mask[i]) continue;
-      const o = i * 4;
-      const c = inner[i] ? rgb : edge;
-      data[o] = c[0];
-      data[o + 1] = c[1];
-      data[o + 2] = c[2];
-      data[o + 3] = inner[i] ? alpha : 255;
+    for (let y = box[1], k = 0; y <= box[3]; y++) {
+      for (let o = (y * w + box[0]) * 4, end = (y * w + box[2]) * 4; o <= end; o += 4, k++) {
+        if (!kinds[k]) continue;
+        const c = kinds[k] === 1 ? rgb : edge;
+        data[o] = c[0];
+        data[o + 1] = c[1];
+        data[o + 2] = c[2];
+        data[o + 3] = kinds[k] === 1 ? alpha : 255;
+      }
     }
   }
   ctx.putImageData(image, 0, 0);
 }
 
-// The mask shrunk by `times` pixels (4-neighbourhood); what it loses is the outline.
-function erode(mask, w, h, times) {
+// The mask shrunk by `times` pixels (4-neighbourhood; the image's border pixels are always
+// outline); what it loses is the outline. Only within the mask's bounding box `box`.
+function erode(mask, w, h, times, box) {
+  const [x0, y0, x1, y1] = [Math.max(1, box[0]), Math.max(1, box[1]), Math.min(w - 2, box[2]), Math.min(h - 2, box[3])];
   let current = mask;
   for (let t = 0; t < times; t++) {
     const next = new Uint8Array(current.length);
-    for (let y = 1; y < h - 1; y++) {
-      for (let x = 1, i = y * w + 1; x < w - 1; x++, i++) {
+    for (let y = y0; y <= y1; y++) {
+      for (let x = x0, i = y * w + x0; x <= x1; x++, i++) {
         next[i] = current[i] & current[i - 1] & current[i + 1] & current[i - w] & current[i + w];
       }
     }
