@@ -126,7 +126,7 @@ def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:
 
 
 def wait_idle(page) -> None:
-    page.wait_for_selector("#busy", state="hidden")
+    page.wait_for_selector("body:not(.working)")
 
 
 def download(page, fmt: str, dest: Path) -> Path:

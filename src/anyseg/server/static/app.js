@@ -71,16 +71,32 @@ async function sessionApi(method, suffix, body) {
 }
 
 // ---------------------------------------------------------------------------- feedback
+// What the page waits for, shown only once it has waited BUSY_DELAY_MS: a click's answer comes
+// sooner, and a spinner that flashes at each click also takes CPU from it (every animation frame
+// is composited). `body.working` marks any wait at once.
+const BUSY_DELAY_MS = 250;
 let busyCount = 0;
+let busyTimer = null;
 async function withBusy(text, promise) {
   busyCount += 1;
+  document.body.classList.add("working");
   $("busy-text").textContent = text;
-  $("busy").hidden = false;
+  if (busyTimer === null && $("busy").hidden) {
+    busyTimer = setTimeout(() => {
+      busyTimer = null;
+      $("busy").hidden = busyCount === 0;
+    }, BUSY_DELAY_MS);
+  }
   try {
     return await promise;
   } finally {
     busyCount -= 1;
-    if (busyCount === 0) $("busy").hidden = true;
+    if (busyCount === 0) {
+      clearTimeout(busyTimer);
+      busyTimer = null;
+      $("busy").hidden = true;
+      document.body.classList.remove("working");
+    }
   }
 }
 
