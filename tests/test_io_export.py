@@ -20,6 +20,7 @@ from anyseg.io.export import (
     overlay,
     save_indexed_png,
     save_mask_png,
+    save_rgb_png,
     save_rgba_png,
     write_gif,
     write_json_atomic,
@@ -128,6 +129,11 @@ def test_png_writers_round_trip(tmp_path, image, masks):
     rgba = cutout(image, masks[1], crop=False)
     save_rgba_png(tmp_path / "cut.png", rgba)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "cut.png")), rgba)
+    drawn = overlay(image, masks, [1, 2])
+    save_rgb_png(tmp_path / "overlay.png", drawn)
+    read = Image.open(tmp_path / "overlay.png")
+    assert read.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(read), drawn)
     assert _no_temp_files(tmp_path)
 
 
@@ -138,6 +144,8 @@ def test_png_writers_validate(tmp_path):
         save_indexed_png(tmp_path / "x.png", np.zeros((2, 2), np.float32))
     with pytest.raises(InvalidInputError):
         save_rgba_png(tmp_path / "x.png", np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(InvalidInputError, match="H×W×3 uint8"):
+        save_rgb_png(tmp_path / "x.png", np.zeros((2, 2, 4), np.uint8))
     assert not (tmp_path / "x.png").exists()
 
 

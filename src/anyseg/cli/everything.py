@@ -161,9 +161,8 @@ def _output_names(paths: list[Path]) -> dict[Path, str]:
 def _write_image_outputs(out: Path, image, records: list[dict], name: str, mask_dir: str | None) -> None:
     """The overlay (every mask in its own colour, larger ones underneath) and the mask PNGs."""
     import numpy as np
-    from PIL import Image
 
-    from anyseg.io.export import atomic_path, overlay, save_mask_png
+    from anyseg.io.export import overlay, save_mask_png, save_rgb_png
     from anyseg.io.masks import decode_rle
 
     canvas = image
@@ -174,5 +173,4 @@ def _write_image_outputs(out: Path, image, records: list[dict], name: str, mask_
         if mask_dir is not None:
             for k, mask in enumerate(masks, start=start):
                 save_mask_png(out / mask_dir / f"{k:04d}.png", mask)
-    with atomic_path(out / "overlays" / f"{name}.png") as tmp:
-        Image.fromarray(canvas).save(tmp, format="PNG")
+    save_rgb_png(out / "overlays" / f"{name}.png", canvas)

@@ -41,11 +41,10 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from anyseg.errors import InvalidInputError
-    from anyseg.io.export import atomic_path, cutout, overlay, save_mask_png, save_rgba_png, write_json_atomic
+    from anyseg.io.export import cutout, overlay, save_mask_png, save_rgb_png, save_rgba_png, write_json_atomic
     from anyseg.io.images import load_image
     from anyseg.io.masks import encode_rle, mask_to_box
     from anyseg.predictors.image import ImagePredictor
-    from PIL import Image
 
     if not args.point and args.box is None:
         raise InvalidInputError("give at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
@@ -71,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
         stem = f"mask_{rank}"
         save_mask_png(out_dir / f"{stem}.png", mask)
         save_rgba_png(out_dir / f"{stem}_cutout.png", cutout(image, mask))
-        with atomic_path(out_dir / f"{stem}_overlay.png") as tmp:
-            Image.fromarray(overlay(image, mask[None], [rank + 1])).save(tmp, format="PNG")
+        save_rgb_png(out_dir / f"{stem}_overlay.png", overlay(image, mask[None], [rank + 1]))
         x0, y0, x1, y1 = (int(v) for v in mask_to_box(mask))
         records.append({
             "index": rank,

@@ -112,14 +112,23 @@ def save_indexed_png(path: PathLike, label_map: np.ndarray) -> None:
     _save_pil(path, image)
 
 
+def save_rgb_png(path: PathLike, rgb: np.ndarray) -> None:
+    """Write an ``H×W×3`` uint8 array (e.g. from :func:`overlay`) as an RGB PNG."""
+    _save_pil(path, Image.fromarray(_pixels(rgb, 3), mode="RGB"))
+
+
 def save_rgba_png(path: PathLike, rgba: np.ndarray) -> None:
     """Write an ``H×W×4`` uint8 array (e.g. from :func:`cutout`) as an RGBA PNG."""
-    rgba = np.asarray(rgba)
-    if rgba.dtype != np.uint8 or rgba.ndim != 3 or rgba.shape[2] != 4:
+    _save_pil(path, Image.fromarray(_pixels(rgba, 4), mode="RGBA"))
+
+
+def _pixels(image: np.ndarray, channels: int) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != channels:
         raise InvalidInputError(
-            f"expected an H×W×4 uint8 array, got shape {rgba.shape} dtype {rgba.dtype}"
+            f"expected an H×W×{channels} uint8 array, got shape {image.shape} dtype {image.dtype}"
         )
-    _save_pil(path, Image.fromarray(rgba, mode="RGBA"))
+    return image
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -275,9 +284,14 @@ def writable_folder(path: PathLike, what: str = "the output folder", make: bool 
     return folder
 
 
+# zlib level 3, not Pillow's 6: an 1800x1200 overlay or cut-out is written 2.5x faster (~190 vs
+# ~460 ms) at about the same size (within 3%); level 1 is faster still but 7-10% larger
+PNG_COMPRESS_LEVEL = 3
+
+
 def _save_pil(path: PathLike, image: Image.Image) -> None:
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 def _as_masks(

@@ -25,6 +25,7 @@ from anyseg.io.export import (
     overlay,
     save_indexed_png,
     save_mask_png,
+    save_rgb_png,
     save_rgba_png,
     write_gif,
     write_json_atomic,
@@ -141,8 +142,7 @@ class Exporter:
 
     def _overlay_png(self, path: Path, frame: int) -> None:
         obj_ids, masks = self._masks(self.store.masks(self.project.id, frame))
-        with atomic_path(path) as tmp:
-            Image.fromarray(overlay(self._frame(frame), masks, obj_ids)).save(tmp, format="PNG")
+        save_rgb_png(path, overlay(self._frame(frame), masks, obj_ids))
 
     def _coco(self) -> dict:
         images, annotations = [], []
