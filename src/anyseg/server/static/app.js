@@ -483,12 +483,23 @@ function outlineOf(rgb) {
   return luma > 110 ? rgb.map((v) => v * 0.5) : rgb.map((v) => v + (255 - v) * 0.5);
 }
 
+// The mask canvas's pixels, kept from one drawing to the next, and the boxes drawn in them last:
+// a drawing clears those boxes, draws the objects in theirs, and puts back on the canvas only the
+// boxes of both. Outside them the pixels are clear, as they are on the canvas.
+const maskPixels = { image: null, boxes: [] };
 function renderMasks() {
   const canvas = $("mask-canvas");
   const { width: w, height: h } = canvas;
   const ctx = canvas.getContext("2d");
-  const image = ctx.createImageData(w, h);
-  const data = image.data;
+  if (maskPixels.image?.width !== w || maskPixels.image?.height !== h) {
+    maskPixels.image = ctx.createImageData(w, h);
+    maskPixels.boxes = [[0, 0, w - 1, h - 1]]; // what the canvas holds is not known: put it all
+  }
+  const data = maskPixels.image.data;
+  for (const b of maskPixels.boxes) {
+    for (let y = b[1]; y <= b[3]; y++) data.fill(0, (y * w + b[0]) * 4, (y * w + b[2] + 1) * 4);
+  }
+  const boxes = [];
   const masks = state.masks.get(state.frame) || new Map();
   const thickness = Math.max(1, Math.round(Math.max(w, h) / 600));
   for (const obj of [...state.objects.values()].sort((a, b) => a.obj_id - b.obj_id)) {
@@ -496,6 +507,7 @@ function renderMasks() {
     if (!record || record.area === 0) continue;
     const { box, kinds } = maskLayer(record.rle, thickness);
     if (!box) continue;
+    boxes.push(box);
     const rgb = rgbOf(obj.color);
     const edge = outlineOf(rgb);
     const alpha = obj.obj_id === state.selected ? 150 : 115;
@@ -510,7 +522,10 @@ function renderMasks() {
       }
     }
   }
-  ctx.putImageData(image, 0, 0);
+  for (const b of [...maskPixels.boxes, ...boxes]) {
+    ctx.putImageData(maskPixels.image, 0, 0, b[0], b[1], b[2] - b[0] + 1, b[3] - b[1] + 1);
+  }
+  maskPixels.boxes = boxes;
 }
 
 // The mask shrunk by `times` pixels (4-neighbourhood; the image's border pixels are always
