@@ -472,6 +472,11 @@ function maskLayer(rle, thickness) {
   return layer;
 }
 
+// An RGBA pixel as one element of a Uint32Array over image data (in the platform's byte order).
+function rgbaPixel(r, g, b, a) {
+  return new Uint32Array(new Uint8ClampedArray([r, g, b, a]).buffer)[0];
+}
+
 function rgbOf(hex) {
   return [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
 }
@@ -495,9 +500,9 @@ function renderMasks() {
     maskPixels.image = ctx.createImageData(w, h);
     maskPixels.boxes = [[0, 0, w - 1, h - 1]]; // what the canvas holds is not known: put it all
   }
-  const data = maskPixels.image.data;
+  const pixels = new Uint32Array(maskPixels.image.data.buffer); // one RGBA pixel per element
   for (const b of maskPixels.boxes) {
-    for (let y = b[1]; y <= b[3]; y++) data.fill(0, (y * w + b[0]) * 4, (y * w + b[2] + 1) * 4);
+    for (let y = b[1]; y <= b[3]; y++) pixels.fill(0, y * w + b[0], y * w + b[2] + 1);
   }
   const boxes = [];
   const masks = state.masks.get(state.frame) || new Map();
@@ -509,16 +514,11 @@ function renderMasks() {
     if (!box) continue;
     boxes.push(box);
     const rgb = rgbOf(obj.color);
-    const edge = outlineOf(rgb);
-    const alpha = obj.obj_id === state.selected ? 150 : 115;
+    const fill = rgbaPixel(...rgb, obj.obj_id === state.selected ? 150 : 115);
+    const edge = rgbaPixel(...outlineOf(rgb), 255);
     for (let y = box[1], k = 0; y <= box[3]; y++) {
-      for (let o = (y * w + box[0]) * 4, end = (y * w + box[2]) * 4; o <= end; o += 4, k++) {
-        if (!kinds[k]) continue;
-        const c = kinds[k] === 1 ? rgb : edge;
-        data[o] = c[0];
-        data[o + 1] = c[1];
-        data[o + 2] = c[2];
-        data[o + 3] = kinds[k] === 1 ? alpha : 255;
+      for (let i = y * w + box[0], end = y * w + box[2]; i <= end; i++, k++) {
+        if (kinds[k]) pixels[i] = kinds[k] === 1 ? fill : edge;
       }
     }
   }
