@@ -456,16 +456,7 @@ function maskLayer(rle, thickness) {
   } else {
     const [h, w] = rle.size;
     const { mask, box } = decodeRle(rle);
-    let kinds = null;
-    if (box) {
-      const inner = erode(mask, w, h, thickness, box);
-      const bw = box[2] - box[0] + 1;
-      kinds = new Uint8Array(bw * (box[3] - box[1] + 1));
-      for (let y = box[1], k = 0; y <= box[3]; y++) {
-        for (let i = y * w + box[0], end = i + bw; i < end; i++, k++) kinds[k] = mask[i] ? (inner[i] ? 1 : 2) : 0;
-      }
-    }
-    layer = { box, kinds, thickness };
+    layer = { box, kinds: box ? outline(mask, w, box, thickness) : null, thickness };
   }
   layers.set(rle, layer);
   if (layers.size > LAYERS_KEPT) layers.delete(layers.keys().next().value);
@@ -528,21 +519,28 @@ function renderMasks() {
   maskPixels.boxes = boxes;
 }
 
-// The mask shrunk by `times` pixels (4-neighbourhood; the image's border pixels are always
-// outline); what it loses is the outline. Only within the mask's bounding box `box`.
-function erode(mask, w, h, times, box) {
-  const [x0, y0, x1, y1] = [Math.max(1, box[0]), Math.max(1, box[1]), Math.min(w - 2, box[2]), Math.min(h - 2, box[3])];
-  let current = mask;
-  for (let t = 0; t < times; t++) {
-    const next = new Uint8Array(current.length);
-    for (let y = y0; y <= y1; y++) {
-      for (let x = x0, i = y * w + x0; x <= x1; x++, i++) {
-        next[i] = current[i] & current[i - 1] & current[i + 1] & current[i - w] & current[i + w];
-      }
+// Over the mask's bounding box `box`, row by row: 0 outside the mask, 2 on its outline (pixels
+// within `thickness` steps, up/down/left/right, of one outside the mask or the image), 1 inside.
+// Each pixel's step count to the nearest outside pixel comes from two passes (down-right, then
+// up-left), whatever the thickness; everything around the box is outside the mask.
+function outline(mask, w, box, thickness) {
+  const [x0, y0] = box;
+  const bw = box[2] - x0 + 1;
+  const bh = box[3] - y0 + 1;
+  const steps = new Uint16Array(bw * bh);
+  for (let y = 0, k = 0; y < bh; y++) {
+    for (let x = 0, i = (y + y0) * w + x0; x < bw; x++, i++, k++) {
+      if (mask[i]) steps[k] = Math.min(y ? steps[k - bw] : 0, x ? steps[k - 1] : 0) + 1;
     }
-    current = next;
   }
-  return current;
+  for (let y = bh - 1, k = bw * bh - 1; y >= 0; y--) {
+    for (let x = bw - 1; x >= 0; x--, k--) {
+      if (steps[k]) steps[k] = Math.min(steps[k], Math.min(y < bh - 1 ? steps[k + bw] : 0, x < bw - 1 ? steps[k + 1] : 0) + 1);
+    }
+  }
+  const kinds = new Uint8Array(bw * bh);
+  for (let k = 0; k < kinds.length; k++) kinds[k] = steps[k] === 0 ? 0 : steps[k] > thickness ? 1 : 2;
+  return kinds;
 }
 
 // Clicks and boxes of every object on this frame, drawn at a constant on-screen size.
