@@ -485,7 +485,7 @@ def test_image_exports(client):
     assert exports == []  # temporary files are cleaned up, also after errors
 
 
-def test_video_exports(client, clip):
+def test_video_exports(client, clip, monkeypatch):
     info = upload(client, "clip.mp4", clip)
     sid, pid = info["session_id"], info["project"]["id"]
     new_object(client, sid)
@@ -510,7 +510,10 @@ def test_video_exports(client, clip):
     with av.open(io.BytesIO(mp4.content)) as video:
         assert sum(1 for _ in video.decode(video=0)) == 4
     gif = Image.open(io.BytesIO(client.get(f"{url}/overlay.gif").content))
-    assert gif.n_frames == 4 and gif.size == (64, 48)
+    assert gif.n_frames == 4 and gif.size == (64, 48) and gif.info["duration"] == 100  # the clip's 10 fps
+    monkeypatch.setattr("anyseg.server.exports.GIF_MAX_FRAMES", 3)  # a longer video: every 2nd frame, at half the rate
+    gif = Image.open(io.BytesIO(client.get(f"{url}/overlay.gif").content))
+    assert gif.n_frames == 2 and gif.info["duration"] == 200
     assert_error(client.get(f"{url}/yolo.txt", params={"frame": 4}), 422, "invalid_input")
 
 

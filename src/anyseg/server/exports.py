@@ -37,6 +37,10 @@ from anyseg.io.video import open_video
 from anyseg.server.media import MediaLibrary
 from anyseg.server.store import Project, Store, StoredMask, StoredObject
 
+# Pillow holds every frame of a GIF in memory while it writes it (a 1 GB upload can hold an
+# hour of video); longer videos' GIFs take fewer frames (see Exporter._gif).
+GIF_MAX_FRAMES = 300
+
 
 class ExportFormat(str, enum.Enum):
     """What can be exported; the value is the file's suffix."""
@@ -101,7 +105,7 @@ class Exporter:
             ExportFormat.yolo_zip: lambda: self._yolo_zip(path),
             ExportFormat.davis_zip: lambda: self._davis_zip(path),
             ExportFormat.overlay_mp4: lambda: write_video(path, self._overlays(), fps=fps),
-            ExportFormat.overlay_gif: lambda: write_gif(path, self._overlays(max_side), fps=min(fps, 25.0)),
+            ExportFormat.overlay_gif: lambda: self._gif(path, fps, max_side),
         }[fmt]()
 
     # ------------------------------------------------------------------ helpers
@@ -194,8 +198,15 @@ class Exporter:
             finally:
                 png.unlink(missing_ok=True)
 
-    def _overlays(self, max_side: int | None = None) -> Iterator[np.ndarray]:
-        """Every frame of the video with its masks drawn (labels on), optionally scaled down."""
+    def _gif(self, path: Path, fps: float, max_side: int) -> None:
+        """The overlay GIF: of a video longer than GIF_MAX_FRAMES frames, every k-th frame
+        (the fewest k that fit) at 1/k of the rate, so that it lasts as long."""
+        every = -(-self.media.num_frames // GIF_MAX_FRAMES)
+        write_gif(path, self._overlays(max_side, every), fps=min(fps / every, 25.0))
+
+    def _overlays(self, max_side: int | None = None, every: int = 1) -> Iterator[np.ndarray]:
+        """Every frame (``every``: every ``every``-th from the first) of the video with its masks
+        drawn (labels on), optionally scaled down."""
         masks = self._by_frame()
         pending = next(masks, None)
         with open_video(str(self.library.path(self.media))) as video:
@@ -203,6 +214,8 @@ class Exporter:
                 stored: list[StoredMask] = []
                 if pending is not None and pending[0] == index:
                     stored, pending = pending[1], next(masks, None)
+                if index % every:
+                    continue
                 obj_ids, frame_masks = self._masks(stored)
                 drawn = overlay(rgb, frame_masks, obj_ids, labels=True)
                 if max_side is not None and max(drawn.shape[:2]) > max_side:
