@@ -76,7 +76,9 @@ def test_rle_is_pycocotools_string_for_every_kind_of_mask():
         box[y0:y0 + rng.integers(1, h + 1), x0:x0 + rng.integers(1, w + 1)] = True
         masks += [speckled, box, ~box, np.zeros((h, w), bool), np.ones((h, w), bool)]
     yy, xx = np.mgrid[:300, :400]
-    masks.append((xx - 200) ** 2 + 4 * (yy - 150) ** 2 < 120**2)  # a compact object
+    masks.append((xx - 200) ** 2 + 4 * (yy - 150) ** 2 < 120**2)  # a compact object (rows of 8-pixel groups)
+    masks.append(masks[-1][:, :397])  # and rows that are not (a strided view), and one copied
+    masks.append(masks[-1].copy())
     masks.append(np.zeros((200, 300), bool)[:, ::2])  # a strided view
     masks[-1][50:60, 10:20] = True
     far = np.zeros((3000, 3000), bool)  # run lengths of 24 bits, signed differences
@@ -86,10 +88,10 @@ def test_rle_is_pycocotools_string_for_every_kind_of_mask():
     wide[1, 65537:] = True
     masks.append(wide)
     for mask in masks:  # rows in memory (the predictors' masks) and columns (pycocotools' decodes)
-        for laid_out in (np.ascontiguousarray(mask), np.asfortranarray(mask)):
+        for laid_out in (mask, np.ascontiguousarray(mask), np.asfortranarray(mask)):
             assert encode_rle(laid_out) == {"size": list(mask.shape), "counts": _pycocotools_counts(mask)}
-    assert _column_runs(masks[-4]) is not None and _column_runs(far) is not None
-    assert _column_runs(np.asfortranarray(masks[-4])) is not None
+    for compact in masks[-6:-3] + [far]:
+        assert _column_runs(compact) is not None and _column_runs(np.asfortranarray(compact)) is not None
     speckled = np.zeros((64, 64), bool)
     speckled[::2, ::2] = True
     for laid_out in (speckled, np.asfortranarray(speckled)):
