@@ -64,7 +64,7 @@ def register(sub) -> None:
     p.add_argument("--pause", type=float, default=0.1, metavar="SECONDS",
                    help="idle time before each timed call, so neither side's spinning threads overlap the "
                         "other's call (default: 0.1)")
-    p.add_argument("--threads", type=int, default=usable_cpus(), metavar="N",
+    p.add_argument("--threads", type=int, metavar="N",
                    help="torch threads on both sides (default: the CPUs this process may use, within a "
                         "container's CPU quota)")
     p.add_argument("--image", default=str(bench.DEFAULT_IMAGE), metavar="PATH",
@@ -99,6 +99,8 @@ def run_bench(args: argparse.Namespace) -> int:
     for path in [*official.values(), args.image, args.everything_image, args.video]:
         if not Path(path).exists():
             raise InvalidInputError(f"{path} does not exist")
+    if args.threads is None:  # read here, not when the parser is built for every command
+        args.threads = usable_cpus()
     if min(args.repeat, args.iters, args.clicks, args.frames, args.threads) < 1:
         raise InvalidInputError("--repeat, --iters, --clicks, --frames and --threads must be >= 1")
     if not 0 <= args.pause <= 60:

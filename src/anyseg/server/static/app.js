@@ -454,9 +454,8 @@ function maskLayer(rle, thickness) {
   if (layer && layer.thickness === thickness) {
     layers.delete(rle); // most recently drawn last
   } else {
-    const [h, w] = rle.size;
     const { mask, box } = decodeRle(rle);
-    layer = { box, kinds: box ? outline(mask, w, box, thickness) : null, thickness };
+    layer = { box, kinds: box ? outline(mask, rle.size[1], box, thickness) : null, thickness };
   }
   layers.set(rle, layer);
   if (layers.size > LAYERS_KEPT) layers.delete(layers.keys().next().value);
