@@ -220,6 +220,37 @@ def test_image_bad_prompts(client):
     assert [p["type"] for p in session["objects"][0]["prompts"]] == ["box"]
 
 
+def test_preview_is_the_click_to_come_and_stores_nothing(client, monkeypatch):
+    sid = upload(client, "photo.png", png_bytes(64, 48))["session_id"]
+    predictor = client.app.state.studio.sessions.get(sid).predictor
+    calls = []
+    monkeypatch.setattr(predictor, "predict", lambda predict=predictor.predict, **kw: calls.append(kw) or predict(**kw))
+    url = f"/api/sessions/{sid}/preview"
+    alone = client.post(url, json={"x": 20, "y": 20}).json()  # no object yet: the click alone
+    assert alone["obj_id"] is None and decode_rle(alone["rle"]).sum() == alone["area"]
+    new_object(client, sid)
+    first = prompt(client, sid, 1, x=20, y=20)
+    assert alone["rle"] == first["masks"][0]["rle"] and alone["score"] == pytest.approx(first["masks"][0]["score"])
+
+    assert len(calls) == 1  # the click where the preview was found its prediction
+    ahead = client.post(url, json={"obj_id": 1, "x": 40, "y": 30, "positive": False}).json()
+    session = client.get(f"/api/sessions/{sid}").json()
+    assert len(session["objects"][0]["prompts"]) == 1 and len(session["objects"][0]["candidates"]) == 3
+    assert client.get(f"/api/projects/{session['project']['id']}/masks/0").json()["masks"] == first["masks"]
+    second = prompt(client, sid, 1, x=40, y=30, positive=False)
+    assert len(calls) == 2
+    assert ahead == {"obj_id": 1, "rle": second["masks"][0]["rle"], "area": second["masks"][0]["area"],
+                     "score": pytest.approx(second["masks"][0]["score"])}
+
+    assert_error(client.post(url, json={"x": 65, "y": 3}), 422, "invalid_input", "outside")
+    assert_error(client.post(url, json={"frame": 1, "x": 1, "y": 1}), 422, "invalid_input", "past the end")
+    assert_error(client.post(url, json={"obj_id": 7, "x": 1, "y": 1}), 404, "unknown_object")
+    assert_error(client.post(url, json={"obj_id": 0, "x": 1, "y": 1}), 422, "invalid_request")
+    assert_error(client.post(url, json={"x": 1, "y": "inf"}), 422, "invalid_request")
+    assert_error(client.post(url, json={"type": "box", "x": 1, "y": 1}), 422, "invalid_request")
+    assert_error(client.post("/api/sessions/nope/preview", json={"x": 1, "y": 1}), 404, "unknown_session")
+
+
 def test_unknown_ids(client):
     assert_error(client.get("/api/sessions/nope"), 404, "unknown_session", "open its project again")
     for method, path in [("post", "/objects"), ("post", "/objects/1/prompts"), ("post", "/objects/1/undo"),
@@ -357,6 +388,8 @@ def test_video_prompt_track_correct_retrack(client, clip):
     assert_error(client.post(f"/api/sessions/{sid}/objects/1/prompts",
                              json={"type": "point", "frame": 0, "x": 80, "y": 1}), 422, "invalid_input", "outside")
     assert_error(client.patch(f"/api/sessions/{sid}/objects/1", json={"choice": 0}), 422, "invalid_input")
+    assert_error(client.post(f"/api/sessions/{sid}/preview", json={"obj_id": 1, "frame": 1, "x": 20, "y": 20}), 422,
+                 "invalid_input", "previewed on images")
     new_object(client, sid)  # an object without prompts is not tracked
     prompt(client, sid, 1, frame=1, type="box", box=[5, 5, 40, 35])
 

@@ -27,8 +27,8 @@ ARTIFACTS = REPO / "test-artifacts" / "studio"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
-COUNT_MASK_PIXELS = """() => {
-    const canvas = document.getElementById("mask-canvas");
+COUNT_MASK_PIXELS = """(id) => {
+    const canvas = document.getElementById(id || "mask-canvas");
     const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
     let n = 0;
     for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n++;
@@ -117,6 +117,11 @@ def click_at(page, fx: float, fy: float, button: str = "left") -> None:
     page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"], button=button)
 
 
+def hover_at(page, fx: float, fy: float) -> None:
+    box = page.locator("#prompt-canvas").bounding_box()
+    page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+
+
 def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:
     box = page.locator("#prompt-canvas").bounding_box()
     page.mouse.move(box["x"] + start[0] * box["width"], box["y"] + start[1] * box["height"])
@@ -139,6 +144,7 @@ def download(page, fmt: str, dest: Path) -> Path:
 def test_image_click_mask_box_undo_export(studio, page, samples_dir, tmp_path):
     page.goto(studio)
     page.wait_for_selector("#model-pill.ready")
+    page.wait_for_selector("#gallery .sample >> nth=6")  # the gallery loads on its own
     assert page.locator("#gallery .sample").count() == 7
     assert page.locator("#concept-text").is_disabled() and "SAM 3" in page.text_content("#concept-reason")
     shot(page, "image-0-start")
@@ -148,12 +154,30 @@ def test_image_click_mask_box_undo_export(studio, page, samples_dir, tmp_path):
     assert page.input_value("#project-name") == "dog.jpg"
     shot(page, "image-1-uploaded")
 
+    previews = []
+    page.on("request", lambda r: r.url.endswith("/preview") and previews.append(r.url))
+    hover_at(page, 0.45, 0.65)  # the mask a click there would give, before the click
+    page.wait_for_function(f"({COUNT_MASK_PIXELS})('preview-canvas') > 0")
+    shown = page.evaluate(f"({COUNT_MASK_PIXELS})('preview-canvas')")
+    assert page.evaluate(COUNT_MASK_PIXELS) == 0 and page.locator("#objects li").count() == 0  # nothing stored
+    shot(page, "image-2-hover-preview")
+
     click_at(page, 0.45, 0.65)
     page.wait_for_function(f"({COUNT_MASK_PIXELS})() > 0")
     wait_idle(page)
     assert page.locator("#objects li").count() == 1 and page.locator("#candidates button").count() == 3
+    assert page.evaluate(COUNT_MASK_PIXELS) == shown  # the click gave the mask previewed
+    assert page.evaluate(f"({COUNT_MASK_PIXELS})('preview-canvas')") == 0
     assert "128,0,0" in page.evaluate(MASK_COLOURS)  # object 1's colour, as in the exports
     shot(page, "image-2-click-mask")
+
+    page.keyboard.press("h")  # previews off: moving over the image asks for none
+    page.wait_for_selector("#preview-toggle[aria-pressed=false]")
+    asked = len(previews)
+    hover_at(page, 0.3, 0.3)
+    hover_at(page, 0.35, 0.4)
+    page.wait_for_timeout(300)
+    assert len(previews) == asked and page.evaluate(f"({COUNT_MASK_PIXELS})('preview-canvas')") == 0
 
     page.keyboard.press("3")  # the third candidate
     page.wait_for_function("document.querySelectorAll('#candidates button')[2].classList.contains('chosen')")

@@ -55,6 +55,8 @@ from anyseg.server.schemas import (
     NewObject,
     ObjectInfo,
     ObjectUpdate,
+    Preview,
+    PreviewRequest,
     PromptResult,
     ProjectInfo,
     ProjectUpdate,
@@ -340,6 +342,13 @@ async def add_prompt(s: StudioDep, session_id: SessionId, obj_id: ObjId,
     return await s.worker.run(session.add_prompt, obj_id, prompt.model_dump())
 
 
+async def preview(s: StudioDep, session_id: SessionId, body: PreviewRequest) -> Preview:
+    """The mask a click at (x, y) would give the object (no object: the click alone), predicted
+    and not stored: the page shows it under the pointer before the click. Images only."""
+    session = _idle(s.sessions.get(session_id))
+    return await s.worker.run(session.preview, body.obj_id, body.model_dump(exclude={"obj_id"}) | {"type": "point"})
+
+
 async def undo(s: StudioDep, session_id: SessionId, obj_id: ObjId, body: FrameRequest) -> PromptResult:
     """Remove the object's last prompt on the frame."""
     session = _idle(s.sessions.get(session_id))
@@ -527,6 +536,7 @@ def _add_routes(app: FastAPI) -> None:
     add("/api/sessions/{session_id}/objects/{obj_id}", update_object, "PATCH", "objects")
     add("/api/sessions/{session_id}/objects/{obj_id}", delete_object, "DELETE", "objects", status_code=204)
     add("/api/sessions/{session_id}/objects/{obj_id}/prompts", add_prompt, "POST", "objects")
+    add("/api/sessions/{session_id}/preview", preview, "POST", "objects")
     add("/api/sessions/{session_id}/objects/{obj_id}/undo", undo, "POST", "objects")
     add("/api/sessions/{session_id}/objects/{obj_id}/clear", clear, "POST", "objects")
     add("/api/sessions/{session_id}/propagate", propagate, "POST", "tracking", response_class=StreamingResponse,

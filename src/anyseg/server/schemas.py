@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from anyseg.predictors.precision import PRECISIONS
+from anyseg.server.store import MAX_OBJECTS
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 FrameIndex = Annotated[int, Field(ge=0, le=10_000_000, description="frame number, from 0 (images: 0)")]
@@ -124,6 +125,25 @@ class MaskRecord(BaseModel):
     rle: Rle
     area: int = Field(description="pixels in the mask")
     score: float | None = Field(None, description="predicted IoU (images) or object score logit (videos)")
+
+
+class PreviewRequest(_Body):
+    """Where the pointer rests: the click it would make there, for an object (or none yet)."""
+
+    obj_id: int | None = Field(None, ge=1, le=MAX_OBJECTS, description="the object the click would go to; none: a new one")
+    frame: FrameIndex = 0
+    x: Finite
+    y: Finite
+    positive: bool = True
+
+
+class Preview(BaseModel):
+    """The best mask the object would have with that click added (not stored)."""
+
+    obj_id: int | None
+    rle: Rle
+    area: int = Field(description="pixels in the mask")
+    score: float = Field(description="predicted IoU")
 
 
 class FrameMasks(BaseModel):

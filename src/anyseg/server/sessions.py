@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import secrets
 import time
@@ -27,11 +28,11 @@ from anyseg.io.export import object_color
 from anyseg.io.images import load_image
 from anyseg.io.masks import encode_rle, rle_area
 from anyseg.models.sam2_tracking import NO_OBJ_SCORE
-from anyseg.predictors.image import ImagePredictor
+from anyseg.predictors.image import ImagePredictor, Prediction
 from anyseg.predictors.video import FrameResult, VideoPredictor
 from anyseg.server.errors import ApiError, not_found
 from anyseg.server.media import MediaLibrary
-from anyseg.server.schemas import Candidate, MaskRecord, ObjectInfo, PromptResult
+from anyseg.server.schemas import Candidate, MaskRecord, ObjectInfo, Preview, PromptResult
 from anyseg.server.store import Project, Store, StoredMask
 from anyseg.server.worker import InferenceWorker, ModelHolder
 
@@ -103,6 +104,12 @@ class StudioSession:
         dict) for an object, predict its mask, and store both."""
         raise NotImplementedError
 
+    def preview(self, obj_id: int | None, click: dict) -> Preview:
+        """The mask the object would get with the click ``click`` (a ``PointPrompt`` as a dict)
+        added to its prompts (no object: the click alone), predicted and not stored: what the
+        page shows under the pointer before a click."""
+        raise InvalidInputError(f"masks are previewed on images; on a {self.kind}, click to segment")
+
     def undo(self, obj_id: int, frame: int) -> PromptResult:
         """Remove the object's last prompt on ``frame`` and predict its mask without it."""
         raise NotImplementedError
@@ -122,7 +129,12 @@ class StudioSession:
 
 class ImageSession(StudioSession):
     """An embedded image. An object's mask comes from all its clicks and its last box; a single
-    click gives three candidates to choose from."""
+    click gives three candidates to choose from.
+
+    The last prediction is kept with the prompts it was made for: a click where the pointer
+    rested finds the preview's prediction and answers without the model (the embedding, the
+    only other input, does not change in a session).
+    """
 
     kind = "image"
 
@@ -130,6 +142,7 @@ class ImageSession(StudioSession):
         super().__init__(session_id, project, store)
         self.predictor: ImagePredictor | None = predictor
         self._candidates: dict[int, list[StoredMask]] = {}  # of each object's single click (RLE: compact)
+        self._last: tuple[str, Prediction] | None = None  # the last prediction and its prompts (as JSON)
 
     @classmethod
     def open(cls, session_id: str, project: Project, store: Store, model, library: MediaLibrary,
@@ -149,11 +162,19 @@ class ImageSession(StudioSession):
     def candidates(self, obj_id: int) -> list[Candidate]:
         return [Candidate(index=i, score=m.score) for i, m in enumerate(self._candidates.get(obj_id, []))]
 
+    def _prediction(self, prompts: list[dict]) -> Prediction:
+        """The predictor's output for an object's ``prompts``: a single click's three candidates,
+        otherwise one mask."""
+        key = json.dumps(prompts, sort_keys=True)
+        if self._last is None or self._last[0] != key:
+            points, labels, box = split_prompts(prompts)
+            self._last = key, self.predictor.predict(points=points or None, labels=labels or None, box=box,
+                                                     multimask=len(points) == 1 and box is None)
+        return self._last[1]
+
     def _predict(self, obj_id: int, prompts: list[dict]) -> tuple[StoredMask, int]:
         """The object's best mask for ``prompts`` and its index; remembers a click's candidates."""
-        points, labels, box = split_prompts(prompts)
-        pred = self.predictor.predict(points=points or None, labels=labels or None, box=box,
-                                      multimask=len(points) == 1 and box is None)
+        pred = self._prediction(prompts)
         masks = [mask_record(obj_id, 0, m, float(score)) for m, score in zip(pred.masks, pred.scores)]
         if len(masks) > 1:
             self._candidates[obj_id] = masks
@@ -170,6 +191,16 @@ class ImageSession(StudioSession):
         mask, best = self._predict(obj_id, self._prompts(obj_id) + [_without_frame(prompt)])
         self.store.record_prompt(self.pid, obj_id, 0, _without_frame(prompt), [mask], choice=best)
         return self.result(obj_id, 0)
+
+    def preview(self, obj_id: int | None, click: dict) -> Preview:
+        self.check_frame(click["frame"])
+        prompts = []
+        if obj_id is not None:
+            self.store.object(self.pid, obj_id)  # an unknown object is refused
+            prompts = self._prompts(obj_id)
+        pred = self._prediction(prompts + [_without_frame(click)])
+        rle = encode_rle(pred.masks[pred.best])
+        return Preview(obj_id=obj_id, rle=rle, area=rle_area(rle), score=float(pred.scores[pred.best]))
 
     def undo(self, obj_id: int, frame: int) -> PromptResult:
         self.store.object(self.pid, obj_id)
@@ -208,6 +239,7 @@ class ImageSession(StudioSession):
     def close(self) -> None:
         self.predictor = None
         self._candidates.clear()
+        self._last = None
 
 
 class VideoTrackingSession(StudioSession):

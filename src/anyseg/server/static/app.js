@@ -278,7 +278,8 @@ async function openSession(info) {
   frameImages.clear();
   history.replaceState(null, "", `#project=${info.project.id}`);
   const media = info.project.media;
-  for (const id of ["frame-canvas", "mask-canvas", "prompt-canvas"]) {
+  clearPreview();
+  for (const id of ["frame-canvas", "mask-canvas", "preview-canvas", "prompt-canvas"]) {
     $(id).width = media.width;
     $(id).height = media.height;
   }
@@ -298,6 +299,7 @@ async function openSession(info) {
 }
 
 function closeWorkspace() {
+  clearPreview();
   Object.assign(state, { session: null, project: null, objects: new Map(), selected: null, masks: new Map(), present: new Map() });
   history.replaceState(null, "", location.pathname);
   $("empty").hidden = false;
@@ -630,12 +632,100 @@ function submitPrompt(prompt) {
     } catch (err) {
       obj.prompts.pop();
       renderPrompts();
+      clearPreview();
       throw err;
     }
   });
 }
 
+// ---------------------------------------------------------------------------- hover preview
+// On an image, the mask a click would give is shown under the pointer before the click (as the
+// official SAM demo does). The page asks the server for it where the pointer is: one request
+// at a time, for the latest position, at most one per PREVIEW_INTERVAL_MS, none while a prompt
+// is on its way; a click, a box, another frame or the pointer leaving the image clears it.
+// H turns it off and on (the choice is remembered).
+const PREVIEW_INTERVAL_MS = 40;
+const preview = {
+  on: localStorage.getItem("anyseg.preview") !== "off",
+  at: null, // the pointer, in media pixels, while it is over the image
+  pending: false,
+  timer: null,
+  last: -Infinity, // when the last request was sent (performance.now())
+  epoch: 0, // a clearing makes every answer asked for before it stale
+  box: null, // where the shown preview's pixels are on its canvas
+};
+
+function previewWanted() {
+  return preview.on && state.session !== null && !isVideo() && state.tool !== "box" && !state.drag && busyCount === 0;
+}
+
+function hoverAt(point) {
+  preview.at = point;
+  if (!previewWanted() || preview.pending || preview.timer !== null) return;
+  preview.timer = setTimeout(requestPreview, Math.max(0, preview.last + PREVIEW_INTERVAL_MS - performance.now()));
+}
+
+async function requestPreview() {
+  preview.timer = null;
+  const at = preview.at;
+  if (!at || !previewWanted()) return;
+  const epoch = preview.epoch;
+  const objId = state.selected !== null && state.objects.has(state.selected) ? state.selected : null;
+  preview.pending = true;
+  preview.last = performance.now();
+  try {
+    const body = { obj_id: objId, frame: state.frame, x: at[0], y: at[1], positive: state.tool !== "negative" };
+    const result = await sessionApi("POST", "/preview", body);
+    if (epoch === preview.epoch && previewWanted()) drawPreview(result.rle, objId);
+  } catch (err) {
+    clearPreview(); // not shown; a click there says what is wrong
+  } finally {
+    preview.pending = false;
+  }
+  if (preview.at && preview.at !== at) hoverAt(preview.at);
+}
+
+function drawPreview(rle, objId) {
+  const canvas = $("preview-canvas");
+  const ctx = canvas.getContext("2d");
+  if (preview.box) ctx.clearRect(preview.box[0], preview.box[1], preview.box[2] - preview.box[0] + 1, preview.box[3] - preview.box[1] + 1);
+  const { mask, box } = decodeRle(rle);
+  preview.box = box;
+  if (!box) return;
+  const thickness = Math.max(1, Math.round(Math.max(canvas.width, canvas.height) / 600));
+  const kinds = outline(mask, rle.size[1], box, thickness);
+  const rgb = objId !== null ? rgbOf(state.objects.get(objId).color) : [79, 140, 255];
+  const image = ctx.createImageData(box[2] - box[0] + 1, box[3] - box[1] + 1);
+  const pixels = new Uint32Array(image.data.buffer);
+  const fill = rgbaPixel(...rgb, 90);
+  const edge = rgbaPixel(255, 255, 255, 230);
+  for (let k = 0; k < kinds.length; k++) if (kinds[k]) pixels[k] = kinds[k] === 1 ? fill : edge;
+  ctx.putImageData(image, box[0], box[1]);
+}
+
+function clearPreview() {
+  preview.epoch += 1;
+  preview.at = null;
+  clearTimeout(preview.timer);
+  preview.timer = null;
+  if (preview.box) {
+    const b = preview.box;
+    $("preview-canvas").getContext("2d").clearRect(b[0], b[1], b[2] - b[0] + 1, b[3] - b[1] + 1);
+    preview.box = null;
+  }
+}
+
+function togglePreview() {
+  preview.on = !preview.on;
+  localStorage.setItem("anyseg.preview", preview.on ? "on" : "off");
+  $("preview-toggle").classList.toggle("active", preview.on);
+  $("preview-toggle").setAttribute("aria-pressed", String(preview.on));
+  if (!preview.on) clearPreview();
+  toast(preview.on ? "Preview on hover: on (H)" : "Preview on hover: off (H)");
+}
+
 function applyResult(result) {
+  clearPreview(); // the object's own mask replaces it
   state.objects.set(result.object.obj_id, result.object);
   if (result.object.prompts.length === 0) dropObjectMasks(result.object.obj_id);
   setFrameMasks(result.frame, result.masks);
@@ -673,6 +763,7 @@ function chooseCandidate(index) {
 
 function selectObject(objId) {
   state.selected = objId;
+  clearPreview();
   renderObjects();
   renderMasks();
   renderPrompts();
@@ -681,6 +772,7 @@ function selectObject(objId) {
 
 function setTool(tool) {
   state.tool = tool;
+  if (tool === "box") clearPreview();
   for (const button of document.querySelectorAll(".tool")) {
     button.classList.toggle("active", button.dataset.tool === tool);
     button.setAttribute("aria-checked", String(button.dataset.tool === tool));
@@ -1008,8 +1100,11 @@ function bindCanvas() {
     if (state.drag && state.tool === "box" && state.drag.button === 0) {
       state.drag.current = mediaPoint(event);
       renderPrompts();
+    } else if (!state.drag) {
+      hoverAt(mediaPoint(event));
     }
   });
+  canvas.addEventListener("pointerleave", () => !state.drag && clearPreview());
   canvas.addEventListener("pointerup", (event) => {
     const drag = state.drag;
     state.drag = null;
@@ -1034,6 +1129,9 @@ function bindCanvas() {
 function bindControls() {
   for (const button of document.querySelectorAll(".tool")) button.addEventListener("click", () => setTool(button.dataset.tool));
   $("undo").addEventListener("click", undo);
+  $("preview-toggle").addEventListener("click", togglePreview);
+  $("preview-toggle").classList.toggle("active", preview.on);
+  $("preview-toggle").setAttribute("aria-pressed", String(preview.on));
   $("clear").addEventListener("click", clearObject);
   $("new-object").addEventListener("click", () => enqueue(createObject));
   $("help-button").addEventListener("click", () => $("help").showModal());
@@ -1092,6 +1190,7 @@ function onKey(event) {
     p: () => setTool("positive"),
     n: () => setTool("negative"),
     b: () => setTool("box"),
+    h: togglePreview,
     z: undo,
     c: () => !ctrl && clearObject(),
     o: () => enqueue(createObject),
