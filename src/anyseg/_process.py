@@ -3,7 +3,7 @@ thread count in a container with a CPU quota (:func:`fit_threads_to_quota`).
 
 An encode allocates and frees buffers of tens to hundreds of MB, layer after layer. By
 default glibc serves each with a fresh ``mmap`` and returns it on free, so every buffer's
-pages fault in again, zero-filled, at each use: 15-20% of an encode (README, Performance).
+pages fault in again, zero-filled, at each use: 15-20% of an encode (docs/performance.md).
 :func:`keep_freed_memory` makes malloc serve them from its heap and keep what is freed for
 the next one; the resident size stays at the largest working set instead of falling back
 between calls. Where the environment already sets a threshold (glibc reads these variables
@@ -32,7 +32,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (ma
 def huge_page_buffers() -> None:
     """Ask torch's CPU allocator to put buffers of 2 MB and more on transparent huge pages:
     far fewer TLB misses when a click's buffers come back cold from idle, 3-5% of a click
-    (benchmarks/README.md). torch reads the variable once, so this works only before torch
+    (docs/performance.md). torch reads the variable once, so this works only before torch
     is imported; ``THP_MEM_ALLOC_ENABLE=0`` in the environment turns it off."""
     if "torch" not in sys.modules:
         os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
