@@ -1,7 +1,9 @@
 """A click in the studio as its user sees it: from the pointer going down on the image to the
 masks drawn, in chromium (Playwright), with 1 to N objects on the image; and its parts: the
 request as the page sees it, the server's handling of it and the predictor's click inside that,
-and the page's drawing of the masks.
+and the page's drawing of the masks. Each is timed twice: with the page's hover preview off
+(the click runs the model) and on, where the pointer first rests on the spot (timed: from that
+move to the preview drawn) and then clicks there (the click takes the preview's prediction).
 
 The server is ``anyseg serve``'s app in a child process, with a checkpoint in the official
 format (by default the SAM 2.1-tiny fixture: random weights). Random weights give speckled
@@ -36,8 +38,17 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 # In the page: when the pointer went down, and each drawing of the masks and prompt request.
 HOOKS = """() => {
-  const t = window.__bench = {down: null, clicks: [], render: [], request: [], drawn: null};
+  const t = window.__bench = {down: null, clicks: [], render: [], request: [], drawn: null,
+                              move: null, previews: [], previewed: null};
   window.addEventListener("pointerdown", () => { t.down = performance.now(); }, true);
+  window.addEventListener("pointermove", () => { t.move = performance.now(); }, true);
+  const drawPreview = window.drawPreview;
+  window.drawPreview = function (...args) {
+    const out = drawPreview.apply(this, args);
+    t.previews.push(performance.now() - t.move);
+    if (t.previewed) t.previewed();
+    return out;
+  };
   const render = window.renderMasks;
   window.renderMasks = function (...args) {
     const start = performance.now();
@@ -69,6 +80,11 @@ DRAWN = """n => new Promise(resolve => {
   const t = window.__bench;
   if (t.clicks.length > n) resolve(); else t.drawn = () => { t.drawn = null; resolve(); };
 })"""
+# Resolves once the page has drawn more than ``n`` previews.
+PREVIEWED = """n => new Promise(resolve => {
+  const t = window.__bench;
+  if (t.previews.length > n) resolve(); else t.previewed = () => { t.previewed = null; resolve(); };
+})"""
 
 
 def object_masks(height: int, width: int) -> list:
@@ -95,7 +111,7 @@ def serve(args: argparse.Namespace) -> None:
     from anyseg.server import sessions
     from anyseg.server.app import ServerSettings, create_app
 
-    predict, add_prompt = ImagePredictor.predict, sessions.ImageSession.add_prompt
+    predict, add_prompt, preview = ImagePredictor.predict, sessions.ImageSession.add_prompt, sessions.ImageSession.preview
     last: dict = {}
     shapes: dict = {}
 
@@ -112,16 +128,21 @@ def serve(args: argparse.Namespace) -> None:
             out = dataclasses.replace(out, masks=pool[start:start + k])  # a view: no copy in the handler's time
         return out
 
-    def timed_add_prompt(self, *a, **kw):
-        start = time.perf_counter()
-        out = add_prompt(self, *a, **kw)
-        last["handler_ms"] = 1000 * (time.perf_counter() - start)
-        last["n"] = last.get("n", 0) + 1
-        with open(args.times, "a") as f:
-            f.write(json.dumps({k: v for k, v in last.items() if k != "n"}) + "\n")
-        return out
+    def timed(handler, kind):
+        def run(self, *a, **kw):
+            last["predict_ms"] = 0.0  # unless the model runs
+            start = time.perf_counter()
+            out = handler(self, *a, **kw)
+            last["handler_ms"] = 1000 * (time.perf_counter() - start)
+            last["n"] = last.get("n", 0) + (kind == "prompt")
+            with open(args.times, "a") as f:
+                f.write(json.dumps({"kind": kind} | {k: v for k, v in last.items() if k != "n"}) + "\n")
+            return out
+        return run
 
-    ImagePredictor.predict, sessions.ImageSession.add_prompt = timed_predict, timed_add_prompt
+    ImagePredictor.predict = timed_predict
+    sessions.ImageSession.add_prompt = timed(add_prompt, "prompt")
+    sessions.ImageSession.preview = timed(preview, "preview")
     settings = ServerSettings(checkpoint=str(args.checkpoint), data_dir=Path(args.data_dir), precision=args.precision)
     uvicorn.run(create_app(settings), host="127.0.0.1", port=args.port, log_level="warning")
 
@@ -172,25 +193,46 @@ def main() -> None:
                 page.wait_for_selector("#canvas-wrap:not([hidden])")
                 page.evaluate(HOOKS)
                 box = page.locator("#prompt-canvas").bounding_box()
-                rows, seen = {}, 0
+                rows, seen, previewed = {}, 0, 0
                 for n in range(1, counts[-1] + 1):
                     if n > 1:
                         page.keyboard.press("o")
                         page.wait_for_selector(f"#objects li >> nth={n - 1}")
-                    for k in range(args.clicks):
-                        fx, fy = 0.1 + 0.8 * n / (counts[-1] + 1), 0.3 + 0.4 * k / max(1, args.clicks - 1)
-                        page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
-                        page.evaluate(DRAWN, seen)  # waits in the page, not polling it (polls take CPU from the click)
-                        seen += 1
-                        time.sleep(0.3)
-                    if n in counts:
+                    row = rows[n] = {}
+                    for mode in ("click", "hover"):
+                        on = page.evaluate("preview.on")
+                        if on != (mode == "hover"):
+                            page.keyboard.press("h")
+                        for k in range(args.clicks):
+                            fx = 0.1 + 0.8 * n / (counts[-1] + 1) + (0.02 if mode == "hover" else 0)
+                            fy = 0.3 + 0.4 * k / max(1, args.clicks - 1)
+                            x, y = box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+                            if mode == "hover":
+                                page.mouse.move(x, y)
+                                page.evaluate(PREVIEWED, previewed)
+                                previewed += 1
+                                time.sleep(0.3)  # the pointer rests, then clicks there
+                                page.mouse.down()  # where it rests: no move
+                                page.mouse.up()
+                            else:
+                                page.mouse.click(x, y)
+                            page.evaluate(DRAWN, seen)  # waits in the page, not polling it (polls take CPU from the click)
+                            seen += 1
+                            time.sleep(0.3)
+                        if n not in counts:
+                            continue
                         t = page.evaluate("window.__bench")
-                        server = [json.loads(line) for line in times.read_text().splitlines()][-args.clicks:]
-                        rows[n] = {key: statistics.median(values[-args.clicks:]) for key, values in (
-                            ("click_to_drawn_ms", t["clicks"]), ("request_ms", t["request"]), ("draw_ms", t["render"]),
-                            ("server_handler_ms", [s["handler_ms"] for s in server]),
-                            ("predict_ms", [s["predict_ms"] for s in server]))}
-                        print(f"{n} object(s): " + ", ".join(f"{k} {v:.1f}" for k, v in rows[n].items()), flush=True)
+                        server = [s for s in map(json.loads, times.read_text().splitlines()) if s["kind"] == "prompt"]
+                        series = [("click_to_drawn_ms", t["clicks"]), ("request_ms", t["request"]),
+                                  ("draw_ms", t["render"]), ("server_handler_ms", [s["handler_ms"] for s in server]),
+                                  ("predict_ms", [s["predict_ms"] for s in server])]
+                        if mode == "hover":
+                            series.insert(0, ("hover_to_preview_ms", t["previews"]))
+                        row[mode] = {key: statistics.median(values[-args.clicks:]) for key, values in series}
+                        print(f"{n} object(s), {mode}: " + ", ".join(f"{k} {v:.1f}" for k, v in row[mode].items()),
+                              flush=True)
+                    if n not in counts:
+                        del rows[n]
                 browser.close()
         finally:
             child.terminate()

@@ -652,6 +652,7 @@ const preview = {
   timer: null,
   last: -Infinity, // when the last request was sent (performance.now())
   epoch: 0, // a clearing makes every answer asked for before it stale
+  asked: null, // the last position asked about, and its epoch
   box: null, // where the shown preview's pixels are on its canvas
 };
 
@@ -670,6 +671,8 @@ async function requestPreview() {
   const at = preview.at;
   if (!at || !previewWanted()) return;
   const epoch = preview.epoch;
+  if (preview.asked && preview.asked.epoch === epoch && preview.asked.at.every((v, i) => v === at[i])) return;
+  preview.asked = { at, epoch };
   const objId = state.selected !== null && state.objects.has(state.selected) ? state.selected : null;
   preview.pending = true;
   preview.last = performance.now();
