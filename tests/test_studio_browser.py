@@ -171,6 +171,13 @@ def test_image_click_mask_box_undo_export(studio, page, samples_dir, tmp_path):
     assert "128,0,0" in page.evaluate(MASK_COLOURS)  # object 1's colour, as in the exports
     shot(page, "image-2-click-mask")
 
+    hover_at(page, 0.6, 0.4)  # now the object's click plus this one
+    page.wait_for_function(f"({COUNT_MASK_PIXELS})('preview-canvas') > 0")
+    with page.expect_request(lambda r: r.url.endswith("/preview") and '"positive":false' in (r.post_data or "")):
+        page.keyboard.press("n")  # another tool: asked again where the pointer is
+    page.keyboard.press("p")
+    wait_idle(page)
+
     page.keyboard.press("h")  # previews off: moving over the image asks for none
     page.wait_for_selector("#preview-toggle[aria-pressed=false]")
     asked = len(previews)

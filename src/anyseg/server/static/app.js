@@ -642,8 +642,9 @@ function submitPrompt(prompt) {
 // On an image, the mask a click would give is shown under the pointer before the click (as the
 // official SAM demo does). The page asks the server for it where the pointer is: one request
 // at a time, for the latest position, at most one per PREVIEW_INTERVAL_MS, none while a prompt
-// is on its way; a click, a box, another frame or the pointer leaving the image clears it.
-// H turns it off and on (the choice is remembered).
+// is on its way. An answer to the object, another object or tool, or the pointer leaving the
+// image clears it; a new tool or object asks again where the pointer is (an answer does not:
+// the next move does). H turns it off and on (the choice is remembered).
 const PREVIEW_INTERVAL_MS = 40;
 const preview = {
   on: localStorage.getItem("anyseg.preview") !== "off",
@@ -697,7 +698,8 @@ function drawPreview(rle, objId) {
   if (!box) return;
   const thickness = Math.max(1, Math.round(Math.max(canvas.width, canvas.height) / 600));
   const kinds = outline(mask, rle.size[1], box, thickness);
-  const rgb = objId !== null ? rgbOf(state.objects.get(objId).color) : [79, 140, 255];
+  const obj = objId !== null && state.objects.get(objId);
+  const rgb = obj ? rgbOf(obj.color) : [79, 140, 255];
   const image = ctx.createImageData(box[2] - box[0] + 1, box[3] - box[1] + 1);
   const pixels = new Uint32Array(image.data.buffer);
   const fill = rgbaPixel(...rgb, 90);
@@ -708,7 +710,6 @@ function drawPreview(rle, objId) {
 
 function clearPreview() {
   preview.epoch += 1;
-  preview.at = null;
   clearTimeout(preview.timer);
   preview.timer = null;
   if (preview.box) {
@@ -723,7 +724,8 @@ function togglePreview() {
   localStorage.setItem("anyseg.preview", preview.on ? "on" : "off");
   $("preview-toggle").classList.toggle("active", preview.on);
   $("preview-toggle").setAttribute("aria-pressed", String(preview.on));
-  if (!preview.on) clearPreview();
+  clearPreview();
+  if (preview.at) hoverAt(preview.at);
   toast(preview.on ? "Preview on hover: on (H)" : "Preview on hover: off (H)");
 }
 
@@ -767,6 +769,7 @@ function chooseCandidate(index) {
 function selectObject(objId) {
   state.selected = objId;
   clearPreview();
+  if (preview.at) hoverAt(preview.at);
   renderObjects();
   renderMasks();
   renderPrompts();
@@ -775,7 +778,8 @@ function selectObject(objId) {
 
 function setTool(tool) {
   state.tool = tool;
-  if (tool === "box") clearPreview();
+  clearPreview();
+  if (preview.at) hoverAt(preview.at);
   for (const button of document.querySelectorAll(".tool")) {
     button.classList.toggle("active", button.dataset.tool === tool);
     button.setAttribute("aria-checked", String(button.dataset.tool === tool));
@@ -1107,7 +1111,10 @@ function bindCanvas() {
       hoverAt(mediaPoint(event));
     }
   });
-  canvas.addEventListener("pointerleave", () => !state.drag && clearPreview());
+  canvas.addEventListener("pointerleave", () => {
+    preview.at = null;
+    clearPreview();
+  });
   canvas.addEventListener("pointerup", (event) => {
     const drag = state.drag;
     state.drag = null;
