@@ -232,13 +232,15 @@ def test_preview_is_the_click_to_come_and_stores_nothing(client, monkeypatch):
     first = prompt(client, sid, 1, x=20, y=20)
     assert alone["rle"] == first["masks"][0]["rle"] and alone["score"] == pytest.approx(first["masks"][0]["score"])
 
-    assert len(calls) == 1  # the click where the preview was found its prediction
+    assert len(calls) == 1 and first["masks"][0]["obj_id"] == 1  # the click took the preview's masks
     ahead = client.post(url, json={"obj_id": 1, "x": 40, "y": 30, "positive": False}).json()
     session = client.get(f"/api/sessions/{sid}").json()
     assert len(session["objects"][0]["prompts"]) == 1 and len(session["objects"][0]["candidates"]) == 3
     assert client.get(f"/api/projects/{session['project']['id']}/masks/0").json()["masks"] == first["masks"]
     second = prompt(client, sid, 1, x=40, y=30, positive=False)
     assert len(calls) == 2
+    client.post(f"/api/sessions/{sid}/objects/1/undo", json={})  # taken masks are not kept: predicted again
+    assert len(calls) == 3
     assert ahead == {"obj_id": 1, "rle": second["masks"][0]["rle"], "area": second["masks"][0]["area"],
                      "score": pytest.approx(second["masks"][0]["score"])}
 

@@ -14,6 +14,7 @@ evicts sessions left idle longer than the TTL, releasing their memory.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import logging
@@ -28,7 +29,7 @@ from anyseg.io.export import object_color
 from anyseg.io.images import load_image
 from anyseg.io.masks import encode_rle, rle_area
 from anyseg.models.sam2_tracking import NO_OBJ_SCORE
-from anyseg.predictors.image import ImagePredictor, Prediction
+from anyseg.predictors.image import ImagePredictor
 from anyseg.predictors.video import FrameResult, VideoPredictor
 from anyseg.server.errors import ApiError, not_found
 from anyseg.server.media import MediaLibrary
@@ -131,9 +132,9 @@ class ImageSession(StudioSession):
     """An embedded image. An object's mask comes from all its clicks and its last box; a single
     click gives three candidates to choose from.
 
-    The last prediction is kept with the prompts it was made for: a click where the pointer
-    rested finds the preview's prediction and answers without the model (the embedding, the
-    only other input, does not change in a session).
+    A preview's masks are kept (as RLE) with the prompts they were predicted for until the next
+    prediction: a click where the pointer rested finds them and answers without the model (the
+    embedding, the only other input, does not change in a session).
     """
 
     kind = "image"
@@ -142,7 +143,7 @@ class ImageSession(StudioSession):
         super().__init__(session_id, project, store)
         self.predictor: ImagePredictor | None = predictor
         self._candidates: dict[int, list[StoredMask]] = {}  # of each object's single click (RLE: compact)
-        self._last: tuple[str, Prediction] | None = None  # the last prediction and its prompts (as JSON)
+        self._kept: tuple[str, list[StoredMask], int] | None = None  # a preview's prompts (JSON), masks, best
 
     @classmethod
     def open(cls, session_id: str, project: Project, store: Store, model, library: MediaLibrary,
@@ -162,25 +163,32 @@ class ImageSession(StudioSession):
     def candidates(self, obj_id: int) -> list[Candidate]:
         return [Candidate(index=i, score=m.score) for i, m in enumerate(self._candidates.get(obj_id, []))]
 
-    def _prediction(self, prompts: list[dict]) -> Prediction:
-        """The predictor's output for an object's ``prompts``: a single click's three candidates,
-        otherwise one mask."""
+    def _masks(self, obj_id: int, prompts: list[dict], keep: bool = False) -> tuple[list[StoredMask], int]:
+        """The object's masks for ``prompts`` (a single click: three candidates, otherwise one)
+        and the best one's index: the kept ones if they were predicted for the same prompts.
+        ``keep`` keeps these for the next call."""
         key = json.dumps(prompts, sort_keys=True)
-        if self._last is None or self._last[0] != key:
+        kept, self._kept = self._kept, None
+        if kept is not None and kept[0] == key:
+            masks, best = [dataclasses.replace(m, obj_id=obj_id) for m in kept[1]], kept[2]
+        else:
             points, labels, box = split_prompts(prompts)
-            self._last = key, self.predictor.predict(points=points or None, labels=labels or None, box=box,
-                                                     multimask=len(points) == 1 and box is None)
-        return self._last[1]
+            pred = self.predictor.predict(points=points or None, labels=labels or None, box=box,
+                                          multimask=len(points) == 1 and box is None)
+            masks = [mask_record(obj_id, 0, m, float(score)) for m, score in zip(pred.masks, pred.scores)]
+            best = pred.best
+        if keep:
+            self._kept = key, masks, best
+        return masks, best
 
     def _predict(self, obj_id: int, prompts: list[dict]) -> tuple[StoredMask, int]:
         """The object's best mask for ``prompts`` and its index; remembers a click's candidates."""
-        pred = self._prediction(prompts)
-        masks = [mask_record(obj_id, 0, m, float(score)) for m, score in zip(pred.masks, pred.scores)]
+        masks, best = self._masks(obj_id, prompts)
         if len(masks) > 1:
             self._candidates[obj_id] = masks
         else:
             self._candidates.pop(obj_id, None)
-        return masks[pred.best], pred.best
+        return masks[best], best
 
     def _prompts(self, obj_id: int) -> list[dict]:
         return [p for _, _, p in self.store.prompts(self.pid, obj_id)]
@@ -198,9 +206,9 @@ class ImageSession(StudioSession):
         if obj_id is not None:
             self.store.object(self.pid, obj_id)  # an unknown object is refused
             prompts = self._prompts(obj_id)
-        pred = self._prediction(prompts + [_without_frame(click)])
-        rle = encode_rle(pred.masks[pred.best])
-        return Preview(obj_id=obj_id, rle=rle, area=rle_area(rle), score=float(pred.scores[pred.best]))
+        # no object yet: 0, relabelled when the click takes these masks for its new object
+        masks, best = self._masks(obj_id or 0, prompts + [_without_frame(click)], keep=True)
+        return Preview(obj_id=obj_id, rle=masks[best].rle, area=masks[best].area, score=masks[best].score)
 
     def undo(self, obj_id: int, frame: int) -> PromptResult:
         self.store.object(self.pid, obj_id)
@@ -239,7 +247,7 @@ class ImageSession(StudioSession):
     def close(self) -> None:
         self.predictor = None
         self._candidates.clear()
-        self._last = None
+        self._kept = None
 
 
 class VideoTrackingSession(StudioSession):
