@@ -126,6 +126,22 @@ def test_device_parity_of_a_model_with_itself(small_model, inputs):
                                                      "mean_mask_iou": 1.0}
 
 
+def test_profile_computes_in_the_precision_asked(small_model, inputs, tmp_path, monkeypatch):
+    image, _ = inputs
+    frames = tmp_path / "frames"  # the prompted frame, 3 warm-up steps, then two timed ones
+    frames.mkdir()
+    for i in range(7):
+        Image.open(image).save(frames / f"{i:05d}.jpg")
+    monkeypatch.setattr(bench, "load_model", lambda model, weights: small_model)
+    monkeypatch.setattr(bench, "random_weights", lambda model, path: path)
+    monkeypatch.setattr(bench, "extract_frames", lambda video, count, folder: frames)
+    monkeypatch.setattr(bench, "VIDEO_PROMPTS", ({"obj_id": 1, "points": [[30, 20]], "labels": [1]},))
+    paths = bench.profile("sam2.1_hiera_t", tmp_path / "out", image=str(image), precision="bf16")
+    assert [p.name for p in paths] == [f"profile_sam2.1_hiera_t_bf16_{what}.txt" for what in ("encode", "click", "video_step")]
+    text = paths[0].read_text()
+    assert text.startswith("sam2.1_hiera_t encode (bf16)") and "image_encoder" in text and "aten::" in text
+
+
 def test_glibc_tunables_are_reported(monkeypatch):
     """Both sides inherit the environment's glibc tunables; the report names them."""
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")

@@ -711,11 +711,13 @@ def module_times(net, fn: Callable[[], object]) -> dict[str, float]:
 
 
 def profile(model: str, out: Path, image: str = str(DEFAULT_IMAGE), video: str = str(DEFAULT_VIDEO),
-            threads: int | None = None, rows: int = 25) -> list[Path]:
-    """Where anyseg's time goes: the image encode, one click (cached embedding) and, for
-    SAM 2, one video propagation step with one object, after warm-up. For each, the wall time per top-level module
-    (:func:`module_times`) of one call and the torch.profiler table (top operators by self
-    CPU time) of the next, written as ``profile_<model>_<what>.txt`` into ``out``."""
+            threads: int | None = None, rows: int = 25, precision: str = "fp32") -> list[Path]:
+    """Where anyseg's time goes in ``precision``: the image encode, one click (cached
+    embedding) and, for SAM 2, one video propagation step with one object, after warm-up. For
+    each, the wall time per top-level module (:func:`module_times`) of one call and the
+    torch.profiler table (top operators by self CPU time) of the next, written as
+    ``profile_<model>_<what>.txt`` (``profile_<model>_<precision>_<what>.txt`` but in fp32)
+    into ``out``."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -736,13 +738,14 @@ def profile(model: str, out: Path, image: str = str(DEFAULT_IMAGE), video: str =
                 fn()
             table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
             modules = "\n".join(f"  {name:<24} {seconds:8.3f} s" for name, seconds in times.items())
-            path = out / f"profile_{model}_{what}.txt"
-            path.write_text(f"{model} {what}, torch {torch.__version__}, {torch.get_num_threads()} threads\n\n"
+            path = out / f"profile_{model}{'' if precision == 'fp32' else '_' + precision}_{what}.txt"
+            path.write_text(f"{model} {what} ({precision}), torch {torch.__version__}, "
+                            f"{torch.get_num_threads()} threads\n\n"
                             f"wall time per top-level module (one call):\n{modules}\n\n"
                             f"torch.profiler, the next call:\n{table}\n")
             written.append(path)
 
-        pred = ImagePredictor(net)
+        pred = ImagePredictor(net, precision=precision)
         picture = load_image(image)
         pred.set_image(picture)
         record("encode", lambda: pred.set_image(picture))
@@ -752,7 +755,7 @@ def profile(model: str, out: Path, image: str = str(DEFAULT_IMAGE), video: str =
         record("click", lambda: pred.predict(points=[click], labels=[1], multimask=True))
         if family_of(model) == "sam2":
             frames = extract_frames(video, 7, Path(tmp) / "frames")
-            with VideoPredictor(net).open(frames) as session:
+            with VideoPredictor(net, precision=precision).open(frames) as session:
                 first = VIDEO_PROMPTS[0]
                 session.add_prompt(0, first["obj_id"], points=first["points"], labels=first["labels"])
                 steps = session.propagate()

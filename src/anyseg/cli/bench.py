@@ -82,7 +82,7 @@ def register(sub) -> None:
                    help="python of an environment with torch + torchvision (and the official trees' light deps)")
     p.add_argument("--profile", action="store_true",
                    help="also write where anyseg's time goes (per module, top torch ops) in encode, a click "
-                        "and one video step, per model")
+                        "and one video step, per model and precision")
     p.set_defaults(func=run_bench)
 
 
@@ -121,6 +121,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.profile:
         for model in args.models:
             if bench.unavailable(model, "encode") is None:
-                paths += tuple(bench.profile(model, args.out, image=args.image, video=args.video, threads=args.threads))
+                for precision in args.precisions:
+                    paths += tuple(bench.profile(model, args.out, image=args.image, video=args.video,
+                                                 threads=args.threads, precision=precision))
     print("written:", ", ".join(str(p) for p in paths))
     return 0
