@@ -338,7 +338,7 @@ INT8_DEPTH = 384
 weights too (16384 x 192 x 768: 8.0 vs 12.0 ms; 65536 x 96 x 384: 9.0 vs 12.0; 4096 x 320 x
 1280: 5.2 vs 8.3; even at 96 x 96), but narrower layers cost accuracy more than they save
 time: with every TinyViT linear of 96 x 256 weights or more in int8, MobileSAM's int8 encode
-is 13% faster and its mean mask IoU against the official fp32 outputs 0.958 (min 0.865)
+is 9-13% faster and its mean mask IoU against the official fp32 outputs 0.958 (min 0.865)
 instead of 0.978 (min 0.943); SAM 2.1-tiny's 3.5% faster at 0.983 instead of 0.984."""
 
 _int8 = ContextVar("anyseg_int8_linears", default=False)
