@@ -464,6 +464,11 @@ function maskLayer(rle, thickness) {
   return layer;
 }
 
+// The outline width of masks drawn on a canvas of the media's size, in its pixels.
+function outlineWidth(canvas) {
+  return Math.max(1, Math.round(Math.max(canvas.width, canvas.height) / 600));
+}
+
 // An RGBA pixel as one element of a Uint32Array over image data (in the platform's byte order).
 function rgbaPixel(r, g, b, a) {
   return new Uint32Array(new Uint8ClampedArray([r, g, b, a]).buffer)[0];
@@ -498,7 +503,7 @@ function renderMasks() {
   }
   const boxes = [];
   const masks = state.masks.get(state.frame) || new Map();
-  const thickness = Math.max(1, Math.round(Math.max(w, h) / 600));
+  const thickness = outlineWidth(canvas);
   for (const obj of [...state.objects.values()].sort((a, b) => a.obj_id - b.obj_id)) {
     const record = masks.get(obj.obj_id);
     if (!record || record.area === 0) continue;
@@ -692,11 +697,11 @@ async function requestPreview() {
 function drawPreview(rle, objId) {
   const canvas = $("preview-canvas");
   const ctx = canvas.getContext("2d");
-  if (preview.box) ctx.clearRect(preview.box[0], preview.box[1], preview.box[2] - preview.box[0] + 1, preview.box[3] - preview.box[1] + 1);
-  const { mask, box } = decodeRle(rle);
+  erasePreview();
+  const { mask, box } = decodeRle(rle); // not maskLayer's: previews would push the masks' layers out
   preview.box = box;
   if (!box) return;
-  const thickness = Math.max(1, Math.round(Math.max(canvas.width, canvas.height) / 600));
+  const thickness = outlineWidth(canvas);
   const kinds = outline(mask, rle.size[1], box, thickness);
   const obj = objId !== null && state.objects.get(objId);
   const rgb = obj ? rgbOf(obj.color) : [79, 140, 255];
@@ -712,11 +717,14 @@ function clearPreview() {
   preview.epoch += 1;
   clearTimeout(preview.timer);
   preview.timer = null;
-  if (preview.box) {
-    const b = preview.box;
-    $("preview-canvas").getContext("2d").clearRect(b[0], b[1], b[2] - b[0] + 1, b[3] - b[1] + 1);
-    preview.box = null;
-  }
+  erasePreview();
+}
+
+// Clear the shown preview's pixels.
+function erasePreview() {
+  const b = preview.box;
+  if (b) $("preview-canvas").getContext("2d").clearRect(b[0], b[1], b[2] - b[0] + 1, b[3] - b[1] + 1);
+  preview.box = null;
 }
 
 function togglePreview() {
