@@ -1,4 +1,5 @@
-"""The fused resize-and-threshold of low-res mask logits."""
+"""The image transforms' compiled steps: SAM 1's input resize (Pillow's bytes) and the
+fused resize-and-threshold of low-res mask logits."""
 
 from __future__ import annotations
 
@@ -6,8 +7,54 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from anyseg.errors import InvalidInputError
+from anyseg.predictors import transforms
 from anyseg.predictors.transforms import Sam1Transform, Sam2Transform, horizontal_plan, resize_threshold
+
+
+def pillow_input(image: np.ndarray) -> torch.Tensor:
+    """SAM 1's model input as the official code makes it: Pillow's bilinear resize of the
+    longest side to 1024, normalised in 0-255 units, padded bottom-right."""
+    t = Sam1Transform()
+    h, w = t.input_hw(image.shape[:2])
+    x = torch.from_numpy(np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))).permute(2, 0, 1).float()
+    x = (x - torch.tensor(t.pixel_mean).view(3, 1, 1)) / torch.tensor(t.pixel_std).view(3, 1, 1)
+    return F.pad(x, (0, 1024 - w, 0, 1024 - h))
+
+
+# landscape, portrait (Pillow 13 resamples along y first where the height shrinks most),
+# square, one side at 1024 already (one pass), upscaling, a single pixel, extreme ratios
+SAM1_SIZES = [(1200, 1800), (1800, 1200), (1386, 84), (1677, 7), (1024, 1024), (768, 1024), (2048, 1024),
+              (1023, 1025), (300, 200), (1, 1), (2, 3000), (333, 4097), (2399, 1601)]
+
+
+@pytest.mark.parametrize("hw", SAM1_SIZES)
+def test_sam1_input_equals_pillow_resize_then_normalise(hw, loop_threads):
+    image = np.random.default_rng(hw[0] * 7 + hw[1]).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    got = Sam1Transform().image(image)
+    assert got.shape == (3, 1024, 1024) and got.dtype == torch.float32
+    assert torch.equal(got, pillow_input(image))
+
+
+def test_sam1_input_of_a_pillow_of_unknown_order_is_pillow_s(monkeypatch):
+    monkeypatch.setattr(transforms.PIL, "__version__", "14.0.0")
+    assert transforms.pillow_vertical_first((1800, 1200), (1024, 683)) is None
+    image = np.random.default_rng(0).integers(0, 256, (1800, 1200, 3), dtype=np.uint8)
+    assert torch.equal(Sam1Transform().image(image), pillow_input(image))
+
+
+def test_pillow_pass_order_by_version(monkeypatch):
+    for version, expected in [("10.4.0", False), ("12.3.0", False), ("13.0.0", True)]:
+        monkeypatch.setattr(transforms.PIL, "__version__", version)
+        assert transforms.pillow_vertical_first((1386, 84), (1024, 62)) is expected
+        assert transforms.pillow_vertical_first((1200, 1800), (683, 1024)) is False
+
+
+def test_sam1_input_of_too_elongated_an_image_is_refused():
+    with pytest.raises(InvalidInputError, match="too elongated"):
+        Sam1Transform().image(np.zeros((1, 3000, 3), np.uint8))
 
 
 @pytest.mark.parametrize("size", [(1200, 1800), (540, 960), (257, 255), (100, 37), (1, 1)])

@@ -147,6 +147,102 @@ def mask_downscale(start, stop, masks, first, second, eps, out):
                 out[b, i * w + j, o] = y[o, j]
 
 
+PIL_PRECISION_BITS = 22
+"""Fraction bits of Pillow's fixed-point resampling weights for 8-bit images."""
+
+
+@numba.njit(**_OPTIONS)
+def pil_bilinear_weights(in_size, out_size):
+    """Pillow's bilinear resampling of ``in_size`` samples to ``out_size`` (the whole range,
+    as ``Image.resize`` without a box), its arithmetic step by step (``precompute_coeffs``
+    in double precision, then ``normalize_coeffs_8bpc``): ``weights`` ``(out_size, K)``
+    int32 in units of ``2**-22``, zero past each output's taps, and ``bounds`` ``(out_size,
+    2)`` int32, each output's first input and number of taps."""
+    scale = np.float64(in_size) / out_size
+    support = max(scale, 1.0)  # the bilinear filter's support, 1, times the filter's scale
+    inv_scale = 1.0 / support
+    size = int(np.ceil(support)) * 2 + 1
+    weights = np.zeros((out_size, size), np.int32)
+    bounds = np.zeros((out_size, 2), np.int32)
+    k = np.empty(size, np.float64)
+    for i in range(out_size):
+        center = (i + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)  # int(): C's truncation, as Pillow's casts
+        n = min(int(center + support + 0.5), in_size) - lo
+        total = 0.0
+        for t in range(n):
+            x = abs((np.float64(lo + t) - center + 0.5) * inv_scale)
+            k[t] = 1.0 - x if x < 1.0 else 0.0
+            total += k[t]
+        for t in range(n):
+            v = (k[t] / total if total != 0.0 else k[t]) * (1 << PIL_PRECISION_BITS)
+            weights[i, t] = int(v - 0.5) if v < 0 else int(v + 0.5)
+        bounds[i, 0], bounds[i, 1] = lo, n
+    return weights, bounds
+
+
+@numba.njit(inline="always")
+def _pil_sample(acc):
+    """An 8-bit sample from its fixed-point sum (rounding term included), clamped."""
+    v = acc >> PIL_PRECISION_BITS
+    return np.uint8(0 if v < 0 else (255 if v > 255 else v))
+
+
+@numba.njit(**_OPTIONS)
+def pil_rows(start, stop, src, weights, bounds, out):
+    """Pillow's horizontal pass over rows ``[start, stop)``: ``out[r]`` ``(w, 3)``
+    uint8 = row ``r`` of ``src`` ``(H, W, 3)`` uint8 resampled along x by
+    :func:`pil_bilinear_weights` ``(w, K)`` / ``bounds``."""
+    for r in range(start, stop):
+        row, o = src[r], out[r]
+        for j in range(weights.shape[0]):
+            lo, n = bounds[j, 0], bounds[j, 1]
+            a0 = a1 = a2 = np.int32(1 << (PIL_PRECISION_BITS - 1))
+            for t in range(n):
+                k = weights[j, t]
+                a0 += np.int32(row[lo + t, 0]) * k
+                a1 += np.int32(row[lo + t, 1]) * k
+                a2 += np.int32(row[lo + t, 2]) * k
+            o[j, 0], o[j, 1], o[j, 2] = _pil_sample(a0), _pil_sample(a1), _pil_sample(a2)
+
+
+@numba.njit(**_OPTIONS)
+def pil_columns(start, stop, src, weights, bounds, out):
+    """Pillow's vertical pass over output rows ``[start, stop)``: ``out[i]`` ``(W, 3)`` uint8
+    = the rows ``bounds[i, 0]`` on of ``src`` ``(H, W, 3)`` uint8 weighted by
+    :func:`pil_bilinear_weights` ``(h, K)``; vectorised along the row."""
+    m = src.shape[1] * 3
+    acc = np.empty(m, np.int32)
+    for i in range(start, stop):
+        lo, n = bounds[i, 0], bounds[i, 1]
+        acc[:] = 1 << (PIL_PRECISION_BITS - 1)
+        for t in range(n):
+            k, row = weights[i, t], src[lo + t].reshape(m)
+            for j in range(m):
+                acc[j] += np.int32(row[j]) * k
+        o = out[i].reshape(m)
+        for j in range(m):
+            o[j] = _pil_sample(acc[j])
+
+
+@numba.njit(**_OPTIONS)
+def normalize_pad(start, stop, image, mean, std, out):
+    """Rows ``[start, stop)`` of ``out`` ``(3, S, S)`` float32 = ``(image - mean) / std``
+    per channel (float32, as torch computes it) from ``image`` ``(h, w, 3)`` uint8 at the
+    top left, zero elsewhere."""
+    h, w = image.shape[0], image.shape[1]
+    for i in range(start, stop):
+        for c in range(3):
+            o = out[c, i]
+            if i < h:
+                m, s, row = mean[c], std[c], image[i]
+                for j in range(w):
+                    o[j] = (np.float32(row[j, c]) - m) / s
+                o[w:] = 0
+            else:
+                o[:] = 0
+
+
 @numba.njit(inline="always")
 def _norm_gelu(v, weight, bias, eps, stats):
     """``v`` ``(C, n)`` float32, n values of C channels, = ``gelu(weight * (v - mean) /
@@ -995,3 +1091,39 @@ def mask_downscale_team(data):
         mask_downscale(start, stop, masks, first, second, eps, out)
         start, stop = _next_part(d)
 
+
+
+def pil_rows_team(data):
+    d = numba.carray(data, (64,), np.int64)
+    src = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.uint8)
+    weights = numba.carray(_pointer(d[7]), (d[8], d[9]), np.int32)
+    bounds = numba.carray(_pointer(d[10]), (d[11], d[12]), np.int32)
+    out = numba.carray(_pointer(d[13]), (d[14], d[15], d[16]), np.uint8)
+    start, stop = _next_part(d)
+    while start < stop:
+        pil_rows(start, stop, src, weights, bounds, out)
+        start, stop = _next_part(d)
+
+
+def pil_columns_team(data):
+    d = numba.carray(data, (64,), np.int64)
+    src = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.uint8)
+    weights = numba.carray(_pointer(d[7]), (d[8], d[9]), np.int32)
+    bounds = numba.carray(_pointer(d[10]), (d[11], d[12]), np.int32)
+    out = numba.carray(_pointer(d[13]), (d[14], d[15], d[16]), np.uint8)
+    start, stop = _next_part(d)
+    while start < stop:
+        pil_columns(start, stop, src, weights, bounds, out)
+        start, stop = _next_part(d)
+
+
+def normalize_pad_team(data):
+    d = numba.carray(data, (64,), np.int64)
+    image = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.uint8)
+    mean = numba.carray(_pointer(d[7]), (d[8],), np.float32)
+    std = numba.carray(_pointer(d[9]), (d[10],), np.float32)
+    out = numba.carray(_pointer(d[11]), (d[12], d[13], d[14]), np.float32)
+    start, stop = _next_part(d)
+    while start < stop:
+        normalize_pad(start, stop, image, mean, std, out)
+        start, stop = _next_part(d)

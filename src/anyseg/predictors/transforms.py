@@ -16,9 +16,11 @@ import functools
 import numpy as np
 import torch
 import torch.nn.functional as F
+import PIL
 from PIL import Image
 
 from anyseg import kernels
+from anyseg.errors import InvalidInputError
 
 # (size, crop): bilinearly resize to ``size`` (h, w), then keep the top-left ``crop`` (h, w)
 Stage = tuple[tuple[int, int], tuple[int, int]]
@@ -161,6 +163,18 @@ def _linear_taps(n_in: int, n_out: int, fused: bool = False) -> tuple[np.ndarray
     return r0, r1, f32(1) - w1, w1
 
 
+def pillow_vertical_first(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> bool | None:
+    """Whether the installed Pillow's ``Image.resize`` from ``in_hw`` to ``out_hw`` (h, w)
+    resamples along y before x, which changes its bytes; None for a Pillow whose order is
+    not known here (newer than 13). Up to 12 it resamples along x first; 13 along y first
+    where the height shrinks by more than twice as many pixels as the width."""
+    major = int(PIL.__version__.split(".")[0])
+    if major > 13:
+        return None
+    shrink_h, shrink_w = in_hw[0] - out_hw[0], in_hw[1] - out_hw[1]
+    return major == 13 and shrink_h > 0 and shrink_h > 2 * shrink_w
+
+
 class Sam1Transform(Transform):
     pixel_mean = (123.675, 116.28, 103.53)
     pixel_std = (58.395, 57.12, 57.375)
@@ -175,6 +189,13 @@ class Sam1Transform(Transform):
 
     def image(self, image):
         h, w = self.input_hw(image.shape[:2])
+        if min(h, w) < 1:
+            raise InvalidInputError(f"the image ({image.shape[1]}×{image.shape[0]} pixels) is too elongated: its "
+                                    f"short side would be less than one pixel at the model's {self.size}")
+        vertical_first = pillow_vertical_first(image.shape[:2], (h, w))
+        if vertical_first is not None:
+            return kernels.pil_resize_normalize(image, (h, w), self.size, self.pixel_mean, self.pixel_std,
+                                                vertical_first)
         resized = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
         x = torch.from_numpy(resized).permute(2, 0, 1).float()
         mean = torch.tensor(self.pixel_mean).view(3, 1, 1)
