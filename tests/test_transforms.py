@@ -1,5 +1,5 @@
-"""The image transforms' compiled steps: SAM 1's input resize (Pillow's bytes) and the
-fused resize-and-threshold of low-res mask logits."""
+"""The transforms' compiled steps: SAM 1's input and SAM 2's video frames (Pillow's resize,
+its bytes) and the fused resize-and-threshold of low-res mask logits."""
 
 from __future__ import annotations
 
@@ -38,11 +38,30 @@ def test_sam1_input_equals_pillow_resize_then_normalise(hw, loop_threads):
     assert torch.equal(got, pillow_input(image))
 
 
-def test_sam1_input_of_a_pillow_of_unknown_order_is_pillow_s(monkeypatch):
+def pillow_video_frame(image: np.ndarray) -> torch.Tensor:
+    """A SAM 2 video frame as the official video predictor loads it: Pillow's bicubic resize
+    to the 1024 square, / 255 in float64, then normalised in float32."""
+    t = Sam2Transform()
+    x = torch.from_numpy(np.array(Image.fromarray(image).resize((1024, 1024), Image.BICUBIC)) / 255.0)
+    x = x.permute(2, 0, 1).float()
+    return (x - torch.tensor(t.mean).view(3, 1, 1)) / torch.tensor(t.std).view(3, 1, 1)
+
+
+@pytest.mark.parametrize("hw", [(540, 960), (1080, 1920), (1024, 1024), (1024, 700), (2000, 100), (100, 2000),
+                                (3000, 1500), (1, 1)])
+def test_sam2_video_frame_equals_pillow_bicubic_then_normalise(hw, loop_threads):
+    image = np.random.default_rng(hw[0] * 5 + hw[1]).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    got = Sam2Transform().video_frame(image)
+    assert got.shape == (3, 1024, 1024) and got.dtype == torch.float32
+    assert torch.equal(got, pillow_video_frame(image))
+
+
+def test_inputs_of_a_pillow_of_unknown_order_are_pillow_s(monkeypatch):
     monkeypatch.setattr(transforms.PIL, "__version__", "14.0.0")
     assert transforms.pillow_vertical_first((1800, 1200), (1024, 683)) is None
     image = np.random.default_rng(0).integers(0, 256, (1800, 1200, 3), dtype=np.uint8)
     assert torch.equal(Sam1Transform().image(image), pillow_input(image))
+    assert torch.equal(Sam2Transform().video_frame(image), pillow_video_frame(image))
 
 
 def test_pillow_pass_order_by_version(monkeypatch):

@@ -151,16 +151,32 @@ PIL_PRECISION_BITS = 22
 """Fraction bits of Pillow's fixed-point resampling weights for 8-bit images."""
 
 
+@numba.njit(inline="always")
+def _pil_filter(x, cubic):
+    """Pillow's bilinear filter, or its bicubic one (a = -0.5), at ``x``: double precision,
+    each step as Pillow's C writes it."""
+    x = abs(x)
+    if not cubic:
+        return 1.0 - x if x < 1.0 else 0.0
+    if x < 1.0:
+        return ((-0.5 + 2.0) * x - (-0.5 + 3.0)) * x * x + 1
+    if x < 2.0:
+        return (((x - 5) * x + 8) * x - 4) * -0.5
+    return 0.0
+
+
 @numba.njit(**_OPTIONS)
-def pil_bilinear_weights(in_size, out_size):
-    """Pillow's bilinear resampling of ``in_size`` samples to ``out_size`` (the whole range,
-    as ``Image.resize`` without a box), its arithmetic step by step (``precompute_coeffs``
-    in double precision, then ``normalize_coeffs_8bpc``): ``weights`` ``(out_size, K)``
-    int32 in units of ``2**-22``, zero past each output's taps, and ``bounds`` ``(out_size,
-    2)`` int32, each output's first input and number of taps."""
+def pil_weights(in_size, out_size, cubic):
+    """Pillow's bilinear (``cubic``: bicubic) resampling of ``in_size`` samples to
+    ``out_size`` (the whole range, as ``Image.resize`` without a box), its arithmetic step
+    by step (``precompute_coeffs`` in double precision, then ``normalize_coeffs_8bpc``):
+    ``weights`` ``(out_size, K)`` int32 in units of ``2**-22``, zero past each output's
+    taps, and ``bounds`` ``(out_size, 2)`` int32, each output's first input and number of
+    taps."""
     scale = np.float64(in_size) / out_size
-    support = max(scale, 1.0)  # the bilinear filter's support, 1, times the filter's scale
-    inv_scale = 1.0 / support
+    filter_scale = max(scale, 1.0)
+    support = (2.0 if cubic else 1.0) * filter_scale
+    inv_scale = 1.0 / filter_scale
     size = int(np.ceil(support)) * 2 + 1
     weights = np.zeros((out_size, size), np.int32)
     bounds = np.zeros((out_size, 2), np.int32)
@@ -171,8 +187,7 @@ def pil_bilinear_weights(in_size, out_size):
         n = min(int(center + support + 0.5), in_size) - lo
         total = 0.0
         for t in range(n):
-            x = abs((np.float64(lo + t) - center + 0.5) * inv_scale)
-            k[t] = 1.0 - x if x < 1.0 else 0.0
+            k[t] = _pil_filter((np.float64(lo + t) - center + 0.5) * inv_scale, cubic)
             total += k[t]
         for t in range(n):
             v = (k[t] / total if total != 0.0 else k[t]) * (1 << PIL_PRECISION_BITS)
@@ -192,7 +207,7 @@ def _pil_sample(acc):
 def pil_rows(start, stop, src, weights, bounds, out):
     """Pillow's horizontal pass over rows ``[start, stop)``: ``out[r]`` ``(w, 3)``
     uint8 = row ``r`` of ``src`` ``(H, W, 3)`` uint8 resampled along x by
-    :func:`pil_bilinear_weights` ``(w, K)`` / ``bounds``."""
+    :func:`pil_weights` ``(w, K)`` / ``bounds``."""
     for r in range(start, stop):
         row, o = src[r], out[r]
         for j in range(weights.shape[0]):
@@ -210,7 +225,7 @@ def pil_rows(start, stop, src, weights, bounds, out):
 def pil_columns(start, stop, src, weights, bounds, out):
     """Pillow's vertical pass over output rows ``[start, stop)``: ``out[i]`` ``(W, 3)`` uint8
     = the rows ``bounds[i, 0]`` on of ``src`` ``(H, W, 3)`` uint8 weighted by
-    :func:`pil_bilinear_weights` ``(h, K)``; vectorised along the row."""
+    :func:`pil_weights` ``(h, K)``; vectorised along the row."""
     m = src.shape[1] * 3
     acc = np.empty(m, np.int32)
     for i in range(start, stop):
@@ -226,10 +241,11 @@ def pil_columns(start, stop, src, weights, bounds, out):
 
 
 @numba.njit(**_OPTIONS)
-def normalize_pad(start, stop, image, mean, std, out):
-    """Rows ``[start, stop)`` of ``out`` ``(3, S, S)`` float32 = ``(image - mean) / std``
-    per channel (float32, as torch computes it) from ``image`` ``(h, w, 3)`` uint8 at the
-    top left, zero elsewhere."""
+def normalize_pad(start, stop, image, divisor, mean, std, out):
+    """Rows ``[start, stop)`` of ``out`` ``(3, S, S)`` float32 = ``(x - mean) / std`` per
+    channel, ``x`` the float32 of ``image / divisor`` (in float64; ``image`` ``(h, w, 3)``
+    uint8; ``divisor`` a float32), at the top left, zero elsewhere: torch's float32 arithmetic after numpy's
+    float64 division."""
     h, w = image.shape[0], image.shape[1]
     for i in range(start, stop):
         for c in range(3):
@@ -237,7 +253,7 @@ def normalize_pad(start, stop, image, mean, std, out):
             if i < h:
                 m, s, row = mean[c], std[c], image[i]
                 for j in range(w):
-                    o[j] = (np.float32(row[j, c]) - m) / s
+                    o[j] = (np.float32(np.float64(row[j, c]) / np.float64(divisor)) - m) / s
                 o[w:] = 0
             else:
                 o[:] = 0
@@ -1120,10 +1136,11 @@ def pil_columns_team(data):
 def normalize_pad_team(data):
     d = numba.carray(data, (64,), np.int64)
     image = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.uint8)
-    mean = numba.carray(_pointer(d[7]), (d[8],), np.float32)
-    std = numba.carray(_pointer(d[9]), (d[10],), np.float32)
-    out = numba.carray(_pointer(d[11]), (d[12], d[13], d[14]), np.float32)
+    divisor = numba.carray(_pointer(d[7]), (d[8],), np.float32)[0]
+    mean = numba.carray(_pointer(d[9]), (d[10],), np.float32)
+    std = numba.carray(_pointer(d[11]), (d[12],), np.float32)
+    out = numba.carray(_pointer(d[13]), (d[14], d[15], d[16]), np.float32)
     start, stop = _next_part(d)
     while start < stop:
-        normalize_pad(start, stop, image, mean, std, out)
+        normalize_pad(start, stop, image, divisor, mean, std, out)
         start, stop = _next_part(d)

@@ -217,13 +217,13 @@ def resize_threshold(maps: np.ndarray, taps: np.ndarray, weights: np.ndarray, pl
 
 
 @functools.lru_cache(maxsize=32)
-def _pil_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _pil_weights(in_size: int, out_size: int, cubic: bool) -> tuple[np.ndarray, np.ndarray]:
     from anyseg import _loops
 
-    return _loops.pil_bilinear_weights(in_size, out_size)
+    return _loops.pil_weights(in_size, out_size, cubic)
 
 
-def _pil_pass(src: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+def _pil_pass(src: np.ndarray, out_hw: tuple[int, int], cubic: bool) -> np.ndarray:
     """One of Pillow's two passes: ``src`` ``(H, W, 3)`` uint8 to ``out_hw``, which differs
     from its size in one dimension at most (``src`` itself where in none)."""
     (h, w), (hh, ww) = src.shape[:2], out_hw
@@ -232,29 +232,36 @@ def _pil_pass(src: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
         return src
     out = np.empty((hh, ww, 3), np.uint8)
     if h != hh:
-        _run("pil_columns", hh, src, *_pil_weights(h, hh), out, parts_per_thread=4)
+        _run("pil_columns", hh, src, *_pil_weights(h, hh, cubic), out, parts_per_thread=4)
     else:
-        _run("pil_rows", h, src, *_pil_weights(w, ww), out, parts_per_thread=4)
+        _run("pil_rows", h, src, *_pil_weights(w, ww, cubic), out, parts_per_thread=4)
     return out
 
 
-def pil_resize_normalize(image: np.ndarray, out_hw: tuple[int, int], size: int, mean: tuple[float, ...],
-                         std: tuple[float, ...], vertical_first: bool) -> torch.Tensor:
+def pil_resize_normalize(image: np.ndarray, out_hw: tuple[int, int], size: int, vertical_first: bool, *,
+                         cubic: bool = False, divisor: float = 1.0, mean: tuple[float, ...],
+                         std: tuple[float, ...]) -> torch.Tensor:
     """``image`` ``(H, W, 3)`` uint8 RGB resized to ``out_hw`` ``(h, w)`` by Pillow's
-    bilinear filter (``Image.resize``; its bytes), then ``(x - mean) / std`` per channel in
-    float32 at the top left of a zero ``(3, size, size)`` float32 tensor. Pillow resizes in
-    two passes, each a fixed-point sum, along x then along y (``vertical_first``: the other
-    way round): the result depends on the order, which the caller takes from its Pillow.
-    Here each pass is split across torch's threads, and the normalising and padding are
-    one more: on the 2-core AMD host, 1800 x 1200 to 1024 x 683 and the 1024 square, ~25
-    -> ~9 ms (Pillow resizes on one thread, torch then makes four passes over the image)."""
+    bilinear filter (``cubic``: bicubic) as ``Image.resize`` does it (its bytes), then
+    ``(x - mean) / std`` per channel, ``x`` the float32 of ``value / divisor`` computed in
+    float64, at the top left of a zero ``(3, size, size)`` float32 tensor: SAM 1's input
+    (divisor 1), SAM 2's video frames (255, the square).
+
+    Pillow resizes in two passes, each a fixed-point sum, along x then along y
+    (``vertical_first``: the other way round): the result depends on the order, which the
+    caller takes from its Pillow. Here each pass is split across torch's threads, in parts
+    several per thread (a worker woken after idle time starts late and takes fewer), and
+    the normalising and padding are one more pass. On the 2-core AMD host, 1800 x 1200 to
+    1024 x 683 and the 1024 square: ~19 -> ~8 ms (Pillow resizes on one thread, and torch
+    then makes four passes over the image)."""
     src = np.ascontiguousarray(image)
     (h0, w0), (h, w) = src.shape[:2], out_hw
-    steps = [(h, w0), (h, w)] if vertical_first else [(h0, w), (h, w)]
-    for hw in steps:
-        src = _pil_pass(src, hw)
+    for hw in [(h, w0), (h, w)] if vertical_first else [(h0, w), (h, w)]:
+        src = _pil_pass(src, hw, cubic)
     out = torch.empty(3, size, size)
-    _run("normalize_pad", size, src, np.array(mean, np.float32), np.array(std, np.float32), out)
+    assert np.float32(divisor) == divisor, "the loop takes the divisor as a float32"
+    _run("normalize_pad", size, src, np.float32(divisor), np.array(mean, np.float32),
+         np.array(std, np.float32), out)
     return out
 
 

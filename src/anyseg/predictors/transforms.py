@@ -194,8 +194,8 @@ class Sam1Transform(Transform):
                                     f"short side would be less than one pixel at the model's {self.size}")
         vertical_first = pillow_vertical_first(image.shape[:2], (h, w))
         if vertical_first is not None:
-            return kernels.pil_resize_normalize(image, (h, w), self.size, self.pixel_mean, self.pixel_std,
-                                                vertical_first)
+            return kernels.pil_resize_normalize(image, (h, w), self.size, vertical_first, mean=self.pixel_mean,
+                                                std=self.pixel_std)
         resized = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
         x = torch.from_numpy(resized).permute(2, 0, 1).float()
         mean = torch.tensor(self.pixel_mean).view(3, 1, 1)
@@ -231,7 +231,12 @@ class Sam2Transform(Transform):
     def video_frame(self, image: np.ndarray) -> torch.Tensor:
         """A video frame as the official video predictor loads it: PIL's default (bicubic)
         resize to the square, ``/ 255`` in float64, then normalised in float32."""
-        resized = np.array(Image.fromarray(image).resize((self.size, self.size), Image.BICUBIC))
+        square = (self.size, self.size)
+        vertical_first = pillow_vertical_first(image.shape[:2], square)
+        if vertical_first is not None:
+            return kernels.pil_resize_normalize(image, square, self.size, vertical_first, cubic=True, divisor=255.0,
+                                                mean=self.mean, std=self.std)
+        resized = np.array(Image.fromarray(image).resize(square, Image.BICUBIC))
         x = torch.from_numpy(resized / 255.0).permute(2, 0, 1).float()
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
