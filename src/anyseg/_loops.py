@@ -243,9 +243,9 @@ def pil_columns(start, stop, src, weights, bounds, out):
 @numba.njit(**_OPTIONS)
 def normalize_pad(start, stop, image, divisor, mean, std, out):
     """Rows ``[start, stop)`` of ``out`` ``(3, S, S)`` float32 = ``(x - mean) / std`` per
-    channel, ``x`` the float32 of ``image / divisor`` (in float64; ``image`` ``(h, w, 3)``
-    uint8; ``divisor`` a float32), at the top left, zero elsewhere: torch's float32 arithmetic after numpy's
-    float64 division."""
+    channel, ``x`` the float32 of ``image / divisor`` (``image`` ``(h, w, 3)`` uint8,
+    ``divisor`` a float32; divided in float64, as numpy divides, the rest in float32, as
+    torch computes), at the top left, zero elsewhere."""
     h, w = image.shape[0], image.shape[1]
     for i in range(start, stop):
         for c in range(3):
@@ -1106,7 +1106,6 @@ def mask_downscale_team(data):
     while start < stop:
         mask_downscale(start, stop, masks, first, second, eps, out)
         start, stop = _next_part(d)
-
 
 
 def pil_rows_team(data):
