@@ -241,6 +241,15 @@ def pil_columns(start, stop, src, weights, bounds, out):
 
 
 @numba.njit(**_OPTIONS)
+def pil_pass(start, stop, vertical, src, weights, bounds, out):
+    """:func:`pil_columns` (``vertical``) or :func:`pil_rows` over ``[start, stop)``."""
+    if vertical:
+        pil_columns(start, stop, src, weights, bounds, out)
+    else:
+        pil_rows(start, stop, src, weights, bounds, out)
+
+
+@numba.njit(**_OPTIONS)
 def normalize_pad(start, stop, image, divisor, mean, std, out):
     """Rows ``[start, stop)`` of ``out`` ``(3, S, S)`` float32 = ``(x - mean) / std`` per
     channel, ``x`` the float32 of ``image / divisor`` (``image`` ``(h, w, 3)`` uint8,
@@ -1108,27 +1117,15 @@ def mask_downscale_team(data):
         start, stop = _next_part(d)
 
 
-def pil_rows_team(data):
+def pil_pass_team(data):
     d = numba.carray(data, (64,), np.int64)
-    src = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.uint8)
-    weights = numba.carray(_pointer(d[7]), (d[8], d[9]), np.int32)
-    bounds = numba.carray(_pointer(d[10]), (d[11], d[12]), np.int32)
-    out = numba.carray(_pointer(d[13]), (d[14], d[15], d[16]), np.uint8)
+    src = numba.carray(_pointer(d[4]), (d[5], d[6], d[7]), np.uint8)
+    weights = numba.carray(_pointer(d[8]), (d[9], d[10]), np.int32)
+    bounds = numba.carray(_pointer(d[11]), (d[12], d[13]), np.int32)
+    out = numba.carray(_pointer(d[14]), (d[15], d[16], d[17]), np.uint8)
     start, stop = _next_part(d)
     while start < stop:
-        pil_rows(start, stop, src, weights, bounds, out)
-        start, stop = _next_part(d)
-
-
-def pil_columns_team(data):
-    d = numba.carray(data, (64,), np.int64)
-    src = numba.carray(_pointer(d[3]), (d[4], d[5], d[6]), np.uint8)
-    weights = numba.carray(_pointer(d[7]), (d[8], d[9]), np.int32)
-    bounds = numba.carray(_pointer(d[10]), (d[11], d[12]), np.int32)
-    out = numba.carray(_pointer(d[13]), (d[14], d[15], d[16]), np.uint8)
-    start, stop = _next_part(d)
-    while start < stop:
-        pil_columns(start, stop, src, weights, bounds, out)
+        pil_pass(start, stop, d[3] != 0, src, weights, bounds, out)
         start, stop = _next_part(d)
 
 

@@ -231,10 +231,8 @@ def _pil_pass(src: np.ndarray, out_hw: tuple[int, int], cubic: bool) -> np.ndarr
     if (h, w) == (hh, ww):
         return src
     out = np.empty((hh, ww, 3), np.uint8)
-    if h != hh:
-        _run("pil_columns", hh, src, *_pil_weights(h, hh, cubic), out, parts_per_thread=4)
-    else:
-        _run("pil_rows", h, src, *_pil_weights(w, ww, cubic), out, parts_per_thread=4)
+    weights = _pil_weights(h, hh, cubic) if h != hh else _pil_weights(w, ww, cubic)
+    _run("pil_pass", hh, h != hh, src, *weights, out, parts_per_thread=4)
     return out
 
 
