@@ -516,9 +516,7 @@ def softmax(start, stop, x, addend):
         else:
             for j in range(n):
                 s[j] = _widen(xi[j])
-        m = s[0]
-        for j in range(1, n):
-            m = max(m, s[j])
+        m = _largest(s)
         total = np.float32(0)
         for j in range(n):
             s[j] = _exp_neg(s[j] - m)

@@ -41,16 +41,15 @@ def in_blocks(q: torch.Tensor, narrow_values: bool = False) -> bool:
         narrow_values and q.dtype == torch.float32 and _onednn_linear is not None)
 
 
-def _repeating_rows(mask: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
+def _repeating_rows(mask: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """``mask`` broadcast to ``shape`` ``(..., n)`` as the ``(P, n)`` rows that repeat along
-    the rows of ``shape`` flattened (what is left after the leading broadcast axes, when it
-    is contiguous); else None."""
+    the rows of ``shape`` flattened: what is left after the leading broadcast axes (copied
+    where it is not contiguous, as a block of query rows of a mask is not)."""
     m = mask.expand(shape)
     lead = 0
     while lead < m.dim() - 2 and m.stride(lead) == 0:
         lead += 1
-    inner = m[(0,) * lead]
-    return inner.reshape(-1, shape[-1]) if inner.is_contiguous() else None
+    return m[(0,) * lead].contiguous().view(-1, shape[-1])
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -65,10 +64,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     one product over many rows (1.4-2x slower in all on an AMD EPYC: a global attention of
     SAM 2's encoder, SAM 2's batches of windows, TinyViT's). The scores are rounded to the reduced type
     before the softmax (the fused kernel keeps them in fp32): the bf16 accuracy figures
-    (``benchmarks/precision_accuracy.py``) include it. In bf16 on rows of up to
-    :data:`anyseg.kernels.SHORT_ROWS` keys (windows of 4 x 4 and 7 x 7), the softmax is
-    :func:`anyseg.kernels.softmax_`, which adds a mask in float32 (TinyViT's offset biases;
-    MobileSAM's encode 3% faster on the AMD EPYC).
+    (``benchmarks/precision_accuracy.py``) include it. In bf16 where the compiled loops apply,
+    the softmax is :func:`anyseg.kernels.softmax_`, which adds a mask in float32 (TinyViT's
+    offset biases) and is faster than torch's on rows of every length.
 
     In fp32 on the CPU (no gradients), where the values are narrower than the queries and
     there is no mask, the blocks' products are oneDNN's (:func:`_fp32_blocks`): there torch's
@@ -87,19 +85,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         kt = kt.contiguous()
     if mask is not None:
         mask = mask.to(q.dtype)
-    # short bf16 rows: the compiled softmax, the mask added in it (one block, or no mask)
-    compiled = loops_apply(q) and nk <= kernels.SHORT_ROWS
-    addend = None
-    if compiled and mask is not None:
-        addend = _repeating_rows(mask, (*q.shape[:-1], nk)) if rows >= nq else None
-        compiled = addend is not None
+    compiled = loops_apply(q)  # bf16: the compiled softmax, the mask added in it
 
     def block(start: int, stop: int) -> torch.Tensor:
         scores = q[..., start:stop, :] @ kt
+        part = mask  # the block's rows of the mask (all of it where its rows broadcast)
+        if mask is not None and mask.shape[-2] == nq:
+            part = mask[..., start:stop, :]
         if compiled:
-            return kernels.softmax_(scores, addend) @ v
-        if mask is not None:
-            scores += mask[..., start:stop, :] if mask.shape[-2] == nq else mask
+            return kernels.softmax_(scores, None if part is None else _repeating_rows(part, scores.shape)) @ v
+        if part is not None:
+            scores += part
         return softmax_(scores, -1) @ v
 
     if rows >= nq:
