@@ -133,3 +133,18 @@ def test_compiled_softmax_rounds_the_float32_softmax(addend_rows, n):
     assert out is x
     # one bf16 step is 2^-8 to 2^-7 of the value
     torch.testing.assert_close(out.float(), expected.float(), atol=0, rtol=2**-7)
+
+
+def test_compiled_softmax_finds_the_row_maximum_among_special_values():
+    """The compiled softmax's row maximum (an integer maximum over order keys of the bits)
+    on rows whose largest value is negative, a signed zero, a subnormal, or sits among
+    infinities: torch's float32 softmax rounded to bf16, within a last bit; a NaN makes its
+    row NaN, as torch's does."""
+    inf, nan = float("inf"), float("nan")
+    rows = [[-5.0, -7.0, -inf, -5.5], [-0.0, -1.0, -2.0, -inf], [0.0, -0.0, -1e-40, 1e-40],
+            [-inf, 3.0, -inf, 2.5], [1e-38, -1e-38, -3.0, -80.0], [1.0, nan, 0.0, -1.0]]
+    x = torch.tensor(rows).repeat(1, 8).bfloat16()  # rows of 32
+    expected = torch.softmax(x.float(), -1).bfloat16()
+    out = kernels.softmax_(x.clone())
+    torch.testing.assert_close(out[:-1].float(), expected[:-1].float(), atol=0, rtol=2**-7)
+    assert out[-1].isnan().all()

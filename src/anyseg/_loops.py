@@ -62,12 +62,11 @@ def resize_threshold(start, stop, maps, taps, weights, plan_index, plan_weight, 
     for k in range(maps.shape[0]):
         # a bound of each row's resized values: a linear resize takes convex combinations,
         # which exceed their largest term only by rounding (relative, or absolute among
-        # subnormals); a bound too high merely skips fewer rows. NaNs are left out: every
-        # sample they reach is NaN, and compares False.
+        # subnormals); a bound too high merely skips fewer rows. A NaN either makes the
+        # bound NaN (never below the threshold: the row is computed) or is left out (a sign
+        # bit set: see _order_key); every sample it reaches is NaN, and compares False.
         for r in range(lo, hi + 1):
-            m = -np.inf
-            for v in maps[k, r]:
-                m = max(m, v)
+            m = _largest(maps[k, r])
             peaks[r - lo] = m + abs(m) * np.float32(2**-16) + np.float32(1e-37)
         held[:] = -1
         for i in range(start, stop):
@@ -476,27 +475,42 @@ _EXP_POLY = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.33
 @numba.njit(inline="always")
 def _exp_neg(x):
     """e^x for a float32 ``x <= 0`` (0 from -87 down: below float32's normal range, which
-    the softmax's terms there do not reach in any case), in vectorisable arithmetic."""
-    x = max(x, np.float32(-87.0))
-    k = np.floor(x * _LOG2E + np.float32(0.5))
-    r = x - k * _LN2_HI - k * _LN2_LO
+    the softmax's terms there do not reach in any case; -inf, a masked score, among them),
+    in vectorisable arithmetic."""
+    y = max(x, np.float32(-87.0))  # keeps the exponent's bits in range
+    k = np.floor(y * _LOG2E + np.float32(0.5))
+    r = y - k * _LN2_HI - k * _LN2_LO
     p = _EXP_POLY[0]
     for c in _EXP_POLY[1:]:
         p = p * r + c
-    return (p * r * r + r + np.float32(1)) * _as_float(np.uint32(np.int32(k) + np.int32(127)) << np.uint32(23))
+    e = (p * r * r + r + np.float32(1)) * _as_float(np.uint32(np.int32(k) + np.int32(127)) << np.uint32(23))
+    return np.float32(0) if x < np.float32(-87.0) else e  # a NaN stays a NaN
+
+
+@numba.njit(inline="always")
+def _order_key(value):
+    """An int32 that orders as the float32 ``value`` does (its bits, with a negative value's
+    magnitude bits flipped): integer maxima vectorise, float ones are chains of dependent
+    steps (their NaN rules kept). A NaN with its sign bit clear orders above everything;
+    one with it set, below. The casts keep the arithmetic in 32 bits (numba widens integer
+    operations to 64, which halves the vector lanes)."""
+    bits = np.int32(_as_bits(value))
+    return np.int32(bits ^ np.int32((bits >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+
+
+@numba.njit(inline="always")
+def _from_order_key(key):
+    """The float32 whose :func:`_order_key` is ``key``."""
+    return _as_float(np.uint32(np.int32(key ^ np.int32((key >> np.int32(31)) & np.int32(0x7FFFFFFF)))))
 
 
 @numba.njit(inline="always")
 def _largest(s):
-    """The largest of the float32 values ``s``, as the largest of their bits made to order
-    as signed integers do (the negative values' magnitude bits flipped): an integer maximum
-    vectorises, a float one is a chain of dependent steps (its NaN rules kept). A NaN
-    with its sign bit clear is the largest; one with it set, the smallest."""
+    """The largest of the float32 values ``s`` (by :func:`_order_key`)."""
     top = np.int32(-(2**31))
-    bits = s.view(np.int32)
     for j in range(s.shape[0]):
-        top = max(top, bits[j] ^ ((bits[j] >> np.int32(31)) & np.int32(0x7FFFFFFF)))
-    return _as_float(np.uint32(top ^ ((top >> np.int32(31)) & np.int32(0x7FFFFFFF))))
+        top = max(top, _order_key(s[j]))
+    return _from_order_key(top)
 
 
 # the row's maximum and sum may be taken in any order
@@ -891,7 +905,7 @@ def _quantize_row(row, qi):
     wide = row.view(np.uint32)
     top_bits = np.uint32(0)
     for j in range(row.shape[0]):
-        top_bits = max(top_bits, wide[j] & np.uint32(0x7FFFFFFF))
+        top_bits = max(top_bits, np.uint32(wide[j] & np.uint32(0x7FFFFFFF)))  # 32-bit lanes (see _order_key)
     top = _as_float(top_bits)
     inv = np.float32(127) / top if top > 0 else np.float32(0)
     for j in range(row.shape[0]):
