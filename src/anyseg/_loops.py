@@ -64,7 +64,7 @@ def resize_threshold(start, stop, maps, taps, weights, plan_index, plan_weight, 
         # which exceed their largest term only by rounding (relative, or absolute among
         # subnormals); a bound too high merely skips fewer rows. A NaN either makes the
         # bound NaN (never below the threshold: the row is computed) or is left out (a sign
-        # bit set: see _order_key); every sample it reaches is NaN, and compares False.
+        # bit set: see _largest); every sample it reaches is NaN, and compares False.
         for r in range(lo, hi + 1):
             m = _largest(maps[k, r])
             peaks[r - lo] = m + abs(m) * np.float32(2**-16) + np.float32(1e-37)
@@ -488,29 +488,23 @@ def _exp_neg(x):
 
 
 @numba.njit(inline="always")
-def _order_key(value):
-    """An int32 that orders as the float32 ``value`` does (its bits, with a negative value's
-    magnitude bits flipped): integer maxima vectorise, float ones are chains of dependent
-    steps (their NaN rules kept). A NaN with its sign bit clear orders above everything;
-    one with it set, below. The casts keep the arithmetic in 32 bits (numba widens integer
-    operations to 64, which halves the vector lanes)."""
-    bits = np.int32(_as_bits(value))
+def _ordered(bits):
+    """int32 float bits with a negative value's magnitude bits flipped, so that they order as
+    the floats do, and back (the map is its own inverse). The casts keep the arithmetic in
+    32 bits (numba widens integer operations to 64, which halves the vector lanes)."""
     return np.int32(bits ^ np.int32((bits >> np.int32(31)) & np.int32(0x7FFFFFFF)))
 
 
 @numba.njit(inline="always")
-def _from_order_key(key):
-    """The float32 whose :func:`_order_key` is ``key``."""
-    return _as_float(np.uint32(np.int32(key ^ np.int32((key >> np.int32(31)) & np.int32(0x7FFFFFFF)))))
-
-
-@numba.njit(inline="always")
 def _largest(s):
-    """The largest of the float32 values ``s`` (by :func:`_order_key`)."""
+    """The largest of the float32 values ``s``, as the largest of their bits made to order
+    (:func:`_ordered`): an integer maximum vectorises, a float one is a chain of dependent
+    steps (its NaN rules kept). A NaN with its sign bit clear is the largest; one with it
+    set, the smallest."""
     top = np.int32(-(2**31))
     for j in range(s.shape[0]):
-        top = max(top, _order_key(s[j]))
-    return _from_order_key(top)
+        top = max(top, _ordered(np.int32(_as_bits(s[j]))))
+    return _as_float(np.uint32(_ordered(top)))
 
 
 # the row's maximum and sum may be taken in any order
@@ -905,7 +899,7 @@ def _quantize_row(row, qi):
     wide = row.view(np.uint32)
     top_bits = np.uint32(0)
     for j in range(row.shape[0]):
-        top_bits = max(top_bits, np.uint32(wide[j] & np.uint32(0x7FFFFFFF)))  # 32-bit lanes (see _order_key)
+        top_bits = max(top_bits, np.uint32(wide[j] & np.uint32(0x7FFFFFFF)))  # 32-bit lanes (see _ordered)
     top = _as_float(top_bits)
     inv = np.float32(127) / top if top > 0 else np.float32(0)
     for j in range(row.shape[0]):
