@@ -58,6 +58,19 @@ def test_bound_threads_place_the_caller_and_its_team(team_of_every_cpu):
     assert sorted(min(c) for c in workers) == CPUS[1:] and all(len(c) == 1 for c in workers)  # kept there
 
 
+def test_parts_beyond_the_team_run_on_the_team(team_of_every_cpu):
+    """A loop split in several parts per thread runs on torch's team (each thread claiming
+    parts as it is free), not on a thread per part: on two CPUs a team of eight would share
+    them, and the pool would be made and ended again around each such loop."""
+
+    def ids():
+        tids = np.zeros(4 * len(CPUS), np.int64)  # one id per claimed part; a thread claims one
+        kernels._run("thread_ids", len(tids), tids, parts_per_thread=4)
+        return set(tids.tolist()) - {0}
+
+    assert len(in_new_thread(ids)) == len(CPUS)
+
+
 def test_placement_left_to_the_environment(team_of_every_cpu, monkeypatch):
     assert kernels.placement_env(len(CPUS)) == {"OMP_PROC_BIND": "close", "OMP_PLACES": "threads"}
     assert kernels.placement_env(1) == kernels.placement_env(len(CPUS) + 1) == {}

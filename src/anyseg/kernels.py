@@ -56,7 +56,8 @@ def _run(name: str, n: int, *args, parts_per_thread: int = 1) -> None:
     a dozen)."""
     from anyseg import _loops  # compiled (or read from numba's cache) on first use
 
-    parts = min(torch.get_num_threads() * parts_per_thread, n)
+    threads = torch.get_num_threads()
+    parts = min(threads * parts_per_thread, n)
     team = _team() if parts > 1 else None
     if team is None:
         getattr(_loops, name)(0, n, *(_array(arg) if isinstance(arg, torch.Tensor) else arg for arg in args))
@@ -80,7 +81,8 @@ def _run(name: str, n: int, *args, parts_per_thread: int = 1) -> None:
     descriptor = np.zeros(64, np.int64)
     descriptor[: len(words)] = words
     descriptor[2] = descriptor.ctypes.data + 8 * 63  # the counter: the last word, zero
-    team.GOMP_parallel(_loops.team_entry(name), descriptor.ctypes.data, parts, 0)
+    # torch's team, however many parts: a thread per part would share the CPUs
+    team.GOMP_parallel(_loops.team_entry(name), descriptor.ctypes.data, min(threads, parts), 0)
 
 
 def loops_cached() -> bool:
