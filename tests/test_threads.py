@@ -64,7 +64,8 @@ def test_parts_beyond_the_team_run_on_the_team(team_of_every_cpu):
     them, and the pool would be made and ended again around each such loop."""
 
     def ids():
-        tids = np.zeros(4 * len(CPUS), np.int64)  # one id per claimed part; a thread claims one
+        # a part per element; thread_ids' entry claims one part per thread, the rest stay 0
+        tids = np.zeros(4 * len(CPUS), np.int64)
         kernels._run("thread_ids", len(tids), tids, parts_per_thread=4)
         return set(tids.tolist()) - {0}
 
