@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -150,6 +151,16 @@ def test_glibc_tunables_are_reported(monkeypatch):
     assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in bench.markdown(report)
 
 
+def test_pause_probes_the_host_in_its_middle():
+    bench.host_probe()  # compiled
+    probes: list[float] = []
+    start = time.perf_counter()
+    bench._pause(0.02, probes)
+    assert time.perf_counter() - start >= 0.02 and len(probes) == 1 and 0 < probes[0] < 20
+    bench._pause(0, probes)  # no pause, no probe
+    assert len(probes) == 1
+
+
 def test_what_cannot_be_measured():
     assert "SAM 2 only" in bench.unavailable("mobile_sam_vit_t", "video")
     assert "not a preset" in bench.unavailable("sam9_huge", "encode")
@@ -184,6 +195,10 @@ def test_side_by_side_round(samples_dir, tmp_path, monkeypatch):
     assert "cores; torch" in table and "| sam2.1_hiera_t | click | fp32 |" in table
     assert "| sam2.1_hiera_t | click | bf16 |" in table
     assert report["settings"]["pause"] == 0.05 and "(0.05 s idle before each)" in table
+    # a host probe in each pause: one per timed call of each side
+    assert len(click["host_probe_ms"]) == 4 and click["host_load"] >= 1 and skipped["host_probe_ms"] == []
+    fastest = min(p for r in (click, click_bf16) for p in r["host_probe_ms"])
+    assert report["settings"]["host_probe_fastest_ms"] == fastest and "| ratio | host load |" in table
     assert ("both sides: THP_MEM_ALLOC_ENABLE=1" in table) == (os.environ.get("THP_MEM_ALLOC_ENABLE") == "1")
 
 

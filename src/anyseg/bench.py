@@ -31,6 +31,15 @@ ratio is the median over pairs of the official time over ours (for video: per fr
 step; for memory: the official peak over ours), so above 1 means anyseg is faster (or
 smaller).
 
+Each row also reports the *host load*: in the middle of each pause the harness times a
+fixed loop of vector multiply-adds on data in the CPU's first-level cache
+(:func:`host_probe`), and the row's median over the fastest of the whole run is its load
+(1.00: the cores to itself). On a shared virtual machine other tenants' work on the same
+cores (hyperthreads) slows such a loop, and both sides' calls with it, while the clock
+rate stays: on the 2-core AMD host it varied 1.0-1.6x within minutes, and anyseg's int8
+clicks followed it (correlation 0.75 over 4 minutes). Ratios hold across it; absolute
+times do not.
+
 On a GPU (``--device cuda``) both sides compute there; each timed call lasts until the
 device has finished the work it queued, and the official side runs under autocast in
 anyseg's precision (fp32 for fp32), as its notebooks do. ``--compile`` compiles both image
@@ -60,6 +69,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from anyseg import _process, kernels
@@ -208,6 +218,42 @@ def seconds(fn: Callable[[], object], device: str = "cpu") -> float:
     fn()
     sync()
     return time.perf_counter() - start
+
+
+@numba.njit(fastmath={"reassoc", "contract"})
+def _multiply_adds(x: np.ndarray, y: np.ndarray, reps: int) -> float:
+    acc = np.zeros(16, np.float32)
+    for _ in range(reps):
+        for i in range(0, x.size, 16):
+            for k in range(16):
+                acc[k] += x[i + k] * y[i + k]
+    return acc.sum()
+
+
+_PROBE_DATA = np.ones(4096, np.float32)  # 16 kB: in the first-level cache
+
+
+def host_probe() -> float:
+    """Milliseconds of a fixed loop of float32 vector multiply-adds over 16 kB (1 M of
+    them, ~0.3 ms on a quiet 2-core AMD EPYC host): it reads no memory beyond the core's
+    own caches, so its time moves with the clock rate and with other work on the same
+    core (another tenant's hyperthread, or the hypervisor taking the CPU away); on that
+    host the clock held (a loop of dependent multiply-adds kept its time within 2%) while
+    this loop's varied 1.0-1.6x. Compiled on its first call."""
+    start = time.perf_counter()
+    _multiply_adds(_PROBE_DATA, _PROBE_DATA, 250)
+    return 1e3 * (time.perf_counter() - start)
+
+
+def _pause(seconds: float, probes: list[float]) -> None:
+    """Idle ``seconds``, with :func:`host_probe` timed in their middle and added to
+    ``probes`` (none for no pause)."""
+    if seconds <= 0:
+        return
+    end = time.perf_counter() + seconds
+    time.sleep(seconds / 2)
+    probes.append(host_probe())
+    time.sleep(max(0.0, end - time.perf_counter()))
 
 
 def click_points(image_hw: tuple[int, int]) -> list[list[float]]:
@@ -502,6 +548,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
     if cfg.official and not cfg.official_python:
         raise ValueError("an official source tree needs an official python")
     official = {k: official_side(cfg.official_python, v) for k, v in cfg.official.items()}
+    host_probe()  # compiled now, not in the first pause
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="anyseg-bench-") as tmp:
         tmp_path = Path(tmp)
@@ -514,7 +561,8 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
             weights = None
             for name, measure_name, objects in _metrics(cfg.measures):
                 row = {"model": model, "metric": name, "precision": precision, "unit": UNITS[measure_name],
-                       "anyseg": None, "official": None, "ratios": [], "ratio": None, "note": ""}
+                       "anyseg": None, "official": None, "ratios": [], "ratio": None, "note": "",
+                       "host_probe_ms": []}
                 rows.append(row)
                 reason = unavailable(model, measure_name)
                 if reason:
@@ -543,9 +591,12 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
                 shown = ", ".join(f"{side}: {_fmt(_value(row[side], row['unit']), row['unit'])}"
                                   for side in ("anyseg", "official") if row[side])
                 log(f"[{r + 1}/{cfg.repeat}] {row['model']} {row['metric']} ({row['precision']}): {shown}")
+    quiet = min((p for row in rows for p in row["host_probe_ms"]), default=None)
     for row in rows:
         if row["ratios"]:
             row["ratio"] = statistics.median(row["ratios"])
+        if row["host_probe_ms"]:
+            row["host_load"] = statistics.median(row["host_probe_ms"]) / quiet
         for side in ("anyseg", "official"):
             if row[side]:
                 row[side]["value"] = _value(row[side], row["unit"])
@@ -554,7 +605,8 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
     return {"machine": machine(cfg.device) | {"torch_threads": cfg.threads},
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "settings": {"repeat": cfg.repeat, "threads": cfg.threads, "precisions": cfg.precisions,
-                         "pause": cfg.pause, "placement": kernels.placement_env(cfg.threads),
+                         "pause": cfg.pause, "host_probe_fastest_ms": quiet,
+                         "placement": kernels.placement_env(cfg.threads),
                          "device": cfg.device, "compiled": cfg.compiled,
                          "image": Path(cfg.image).name,
                          "everything_image": Path(cfg.everything_image).name,
@@ -565,8 +617,8 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
 
 def _run_pairs(row: dict, task: Task, sides: list[Side], tmp_path: Path, pause: float) -> None:
     """One repeat of one row: start both sides, alternate their timed calls (each after
-    ``pause`` idle seconds), and add samples, pair ratios, peak memory, checks and errors
-    to ``row``."""
+    ``pause`` idle seconds, :func:`_pause`), and add samples, pair ratios, peak memory,
+    checks, errors and host probes to ``row``."""
     entries = {}
     for side in sides:
         entries[side.name] = row[side.name] = row[side.name] or {"samples": [], "peak_rss_mib": [], "errors": []}
@@ -580,7 +632,7 @@ def _run_pairs(row: dict, task: Task, sides: list[Side], tmp_path: Path, pause: 
         for i in range(task.iters):
             got = {}
             for worker in workers if i % 2 == 0 else workers[::-1]:
-                time.sleep(pause)
+                _pause(pause, row["host_probe_ms"])
                 got[worker.side.name] = worker.step()
                 entries[worker.side.name]["samples"].append(got[worker.side.name])
             if len(got) == 2 and got["anyseg"] > 0:
@@ -655,10 +707,13 @@ def markdown(report: dict) -> str:
         + f". {report['date']}; {report['settings']['repeat']} repeats, calls alternating between the sides"
         + f" ({report['settings'].get('pause', 0)} s idle before each); "
         "medians. Ratio: the median over pairs of official time / anyseg time (memory: official / anyseg). "
+        "Host load: a fixed vector loop's median time in the row's pauses over its fastest in the run "
+        "(1.00: no other tenant's work on the cores; see anyseg.bench). "
         f"Precision: anyseg's (the official side computes {official_precision}){compiled}.",
         "",
-        "| model | measure | precision | anyseg | official | ratio | peak RSS anyseg / official | check / note |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | measure | precision | anyseg | official | ratio | host load | peak RSS anyseg / official "
+        "| check / note |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         ours, theirs = r["anyseg"] or {}, r["official"] or {}
@@ -666,8 +721,9 @@ def markdown(report: dict) -> str:
         notes = [r.get("check", ""), r["note"]] + [f"{s}: {e}" for s, d in (("anyseg", ours), ("official", theirs))
                                                    for e in d.get("errors", [])[:1]]
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
+        load = f"{r['host_load']:.2f}" if r.get("host_load") else "-"
         lines.append(f"| {r['model']} | {r['metric']} | {r.get('precision', 'fp32')} | {_fmt(ours.get('value'), r['unit'])} | "
-                     f"{_fmt(theirs.get('value'), r['unit'])} | {ratio} | {rss} MiB | "
+                     f"{_fmt(theirs.get('value'), r['unit'])} | {ratio} | {load} | {rss} MiB | "
                      f"{'; '.join(n for n in notes if n).replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
