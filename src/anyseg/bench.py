@@ -34,11 +34,11 @@ smaller).
 Each row also reports the *host load*: in the middle of each pause the harness times a
 fixed loop of vector multiply-adds on data in the CPU's first-level cache
 (:func:`host_probe`), and the row's median over the fastest of the whole run is its load
-(1.00: the cores to itself). On a shared virtual machine other tenants' work on the same
-cores (hyperthreads) slows such a loop, and both sides' calls with it, while the clock
-rate stays: on the 2-core AMD host it varied 1.0-1.6x within minutes, and anyseg's int8
-clicks followed it (correlation 0.75 over 4 minutes). Ratios hold across it; absolute
-times do not.
+(1.00: the machine had the cores to itself). On a shared virtual machine other tenants'
+work on the same cores (hyperthreads) slows such a loop, and both sides' calls with it,
+while the clock rate stays: on the 2-core AMD host it varied 1.0-1.6x within minutes, and
+anyseg's int8 clicks followed it (correlation 0.75 over 4 minutes). Ratios hold across it;
+absolute times do not.
 
 On a GPU (``--device cuda``) both sides compute there; each timed call lasts until the
 device has finished the work it queued, and the official side runs under autocast in
