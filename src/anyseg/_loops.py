@@ -8,6 +8,7 @@ the number of parts, the address of the parts counter, then the loop's arguments
 (an array's address and shape, or an int). Each loop and each entry is compiled, or read
 from numba's cache, on its first use (:func:`team_entry`): the loops and their entries
 share this file, as numba's cache follows the changes of a function's own file only.
+The benchmark's host probe (:func:`multiply_adds`) is here too, compiled and cached alike.
 """
 
 from __future__ import annotations
@@ -921,6 +922,18 @@ def dequantize_rows(start, stop, acc, row_scale, col_scale, bias, addend, first,
         else:
             for j in range(acc.shape[1]):
                 o[j] = _narrow(np.float32(a[j]) * (s * col_scale[j]) + bias[j])
+
+
+@numba.njit(**_OPTIONS, fastmath={"reassoc", "contract"})
+def multiply_adds(x, y, reps):
+    """``reps`` passes of float32 multiply-adds over ``x`` and ``y`` (sizes a multiple of
+    16), into 16 sums: :func:`anyseg.bench.host_probe`'s fixed work."""
+    acc = np.zeros(16, np.float32)
+    for _ in range(reps):
+        for i in range(0, x.size, 16):
+            for k in range(16):
+                acc[k] += x[i + k] * y[i + k]
+    return acc.sum()
 
 
 @intrinsic

@@ -69,7 +69,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numba
 import numpy as np
 
 from anyseg import _process, kernels
@@ -220,16 +219,6 @@ def seconds(fn: Callable[[], object], device: str = "cpu") -> float:
     return time.perf_counter() - start
 
 
-@numba.njit(fastmath={"reassoc", "contract"})
-def _multiply_adds(x: np.ndarray, y: np.ndarray, reps: int) -> float:
-    acc = np.zeros(16, np.float32)
-    for _ in range(reps):
-        for i in range(0, x.size, 16):
-            for k in range(16):
-                acc[k] += x[i + k] * y[i + k]
-    return acc.sum()
-
-
 _PROBE_DATA = np.ones(4096, np.float32)  # 16 kB: in the first-level cache
 
 
@@ -239,9 +228,12 @@ def host_probe() -> float:
     own caches, so its time moves with the clock rate and with other work on the same
     core (another tenant's hyperthread, or the hypervisor taking the CPU away); on that
     host the clock held (a loop of dependent multiply-adds kept its time within 2%) while
-    this loop's varied 1.0-1.6x. Compiled on its first call."""
+    this loop's varied 1.0-1.6x. Compiled (:mod:`anyseg._loops`), or read from numba's
+    cache, on its first call."""
+    from anyseg import _loops
+
     start = time.perf_counter()
-    _multiply_adds(_PROBE_DATA, _PROBE_DATA, 250)
+    _loops.multiply_adds(_PROBE_DATA, _PROBE_DATA, 250)
     return 1e3 * (time.perf_counter() - start)
 
 
