@@ -227,7 +227,7 @@ def host_probe() -> float:
     them, ~0.3 ms on a quiet 2-core AMD EPYC host): it reads no memory beyond the core's
     own caches, so its time moves with the clock rate and with other work on the same
     core (another tenant's hyperthread, or the hypervisor taking the CPU away); on that
-    host the clock held (a loop of dependent multiply-adds kept its time within 2%) while
+    host the clock held (a loop of dependent multiply-adds kept its time within 7%) while
     this loop's varied 1.0-1.6x. Compiled (:mod:`anyseg._loops`), or read from numba's
     cache, on its first call."""
     from anyseg import _loops
